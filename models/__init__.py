@@ -4,7 +4,16 @@ This package knows nothing of ONNX or HTTP: ``export/`` turns these modules into
 serves the files.
 """
 
-from .registry import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelSpec, build_model, get_spec, list_models, register_model
+from .registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TASKS,
+    ModelSpec,
+    build_model,
+    get_spec,
+    list_models,
+    register_model,
+)
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -160,7 +160,9 @@ def _spec(name: str) -> ModelSpec:
 
 def _resnet(name: str, *, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
     block, layers, _ = _RESNETS[name]
-    return ResNet(block, layers, num_classes=num_classes, in_channels=in_channels, zero_init_residual=zero_init_residual)
+    return ResNet(
+        block, layers, num_classes=num_classes, in_channels=in_channels, zero_init_residual=zero_init_residual
+    )
 
 
 @register_model(_spec("resnet18"))

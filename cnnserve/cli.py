@@ -1,0 +1,176 @@
+"""The ``cnnserve`` command line: list, export, train, score, bench.
+
+Thin on purpose: each command parses its options and calls one function of ``export``, ``cnnserve.demos``,
+``cnnserve.score`` or ``cnnserve.bench``. Errors a user can fix end the command with a one-line message and
+exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+DEMOS = ("lenet5-digits",)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("list")
+def list_cmd(task: Annotated[str | None, typer.Option(help="only this task")] = None) -> None:
+    """The model registry: name, task, input size, parameters, torchvision counterpart."""
+    import torch
+
+    from models import build_model, get_spec, list_models
+
+    typer.echo(f"{'name':<26}{'task':<16}{'input':<14}{'params':>14}  torchvision")
+    for name in list_models(task):
+        spec = get_spec(name)
+        with torch.device("meta"):  # counts parameters without allocating them (ViT-H/14 is 632 M)
+            params = sum(p.numel() for p in build_model(name).parameters())
+        size = f"{spec.in_channels}×{spec.input_size[0]}×{spec.input_size[1]}"
+        typer.echo(f"{name:<26}{spec.task:<16}{size:<14}{params:>14,}  {spec.torchvision or '-'}")
+
+
+@app.command()
+def export(
+    name: Annotated[str | None, typer.Argument(help="registered model name (cnnserve list)")] = None,
+    weights: Annotated[str, typer.Option(help="random | torchvision | demo | PATH (.pth/.pt/.safetensors)")] = "random",
+    precision: Annotated[str, typer.Option(help="fp32")] = "fp32",
+    tag: Annotated[str | None, typer.Option(help="store name (default: NAME, or NAME-PRECISION)")] = None,
+    output: Annotated[Path | None, typer.Option(help="also write the ONNX file here")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="replace the head (random or own weights)")] = None,
+    defaults: Annotated[bool, typer.Option("--defaults", help="export the default set")] = False,
+    missing_only: Annotated[bool, typer.Option(help="with --defaults: skip models already in the store")] = False,
+) -> None:
+    """Build, load weights, export ONNX (dynamic batch), check parity, save to the BentoML model store."""
+    from export import DEFAULT_EXPORTS, ExportError, export_model
+    from export.weights import WeightsError
+
+    if defaults:
+        jobs = list(DEFAULT_EXPORTS)
+    elif name:
+        jobs = [(name, weights)]
+    else:
+        raise _fail("give a model NAME or --defaults")
+    for model_name, model_weights in jobs:
+        if missing_only and _in_store(model_name):
+            typer.echo(f"{model_name}: already in the store")
+            continue
+        try:
+            result = export_model(
+                model_name,
+                weights=model_weights,
+                precision=precision,
+                tag=tag,
+                output=output,
+                num_classes=num_classes,
+            )
+        except (ExportError, WeightsError, KeyError) as exc:
+            raise _fail(str(exc).strip("'\"")) from None
+        typer.echo(
+            f"{model_name}: {result.tag or result.path}  weights={result.source}  "
+            f"parity max|Δ|={result.parity:.2e}  ({result.seconds:.1f} s)"
+        )
+
+
+def _in_store(name: str) -> bool:
+    from service.errors import ModelNotFound
+    from service.store import find_entry
+
+    try:
+        return find_entry(name).path is not None
+    except ModelNotFound:
+        return False
+
+
+@app.command()
+def train(
+    demo: Annotated[str, typer.Argument(help=f"one of: {', '.join(DEMOS)}")],
+    output_dir: Annotated[
+        Path | None, typer.Option(help="where to write the weights (default: models/weights)")
+    ] = None,
+) -> None:
+    """Train a shipped demo model reproducibly (fixed seed) and write its weights + training record."""
+    if demo not in DEMOS:
+        raise _fail(f"unknown demo {demo!r}; choose one of {', '.join(DEMOS)}")
+    from export.weights import DEMO_WEIGHTS_DIR
+
+    from .demos.digits import train_lenet5_digits
+
+    record = train_lenet5_digits(output_dir or DEMO_WEIGHTS_DIR, log=typer.echo)
+    typer.echo(f"test accuracy: {record['test_accuracy']:.2%}")
+
+
+@app.command()
+def score(
+    inputs: Annotated[list[str], typer.Argument(help="image files, folders (recursive) or globs")],
+    model: Annotated[str, typer.Option(help="store tag (lenet5, lenet5:VERSION) or a path to an .onnx file")],
+    output: Annotated[Path, typer.Option(help="JSONL file to write")],
+    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 16,
+    top_k: Annotated[int, typer.Option(min=1)] = 5,
+    resume: Annotated[bool, typer.Option(help="skip images already in OUTPUT")] = False,
+) -> None:
+    """Batch scoring: one JSON line per image, the same answer as the HTTP service."""
+    from tqdm import tqdm
+
+    from service.errors import ServeError
+    from service.settings import get_settings
+
+    from .score import score_files
+
+    settings = get_settings()
+    bar = tqdm(unit="img", disable=not sys.stderr.isatty())
+    try:
+        counts = score_files(
+            model,
+            inputs,
+            output,
+            batch_size=batch_size,
+            resume=resume,
+            top_k=top_k,
+            max_pixels=settings.max_pixels,
+            providers=settings.providers,
+            progress=bar.update,
+            on_total=lambda n: setattr(bar, "total", n),
+        )
+    except ServeError as exc:
+        raise _fail(exc.message) from None
+    finally:
+        bar.close()
+    typer.echo(f"scored {counts['scored']}, failed {counts['failed']}, skipped {counts['skipped']} → {output}")
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Option(help="registered model name")] = "resnet50",
+    batch: Annotated[list[int], typer.Option(help="batch sizes (repeat the option)")] = [1, 8],  # noqa: B006
+    repeats: Annotated[int, typer.Option(min=1)] = 20,
+    threads: Annotated[int, typer.Option(help="intra-op threads for both runtimes (0 = default)")] = 0,
+    output: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/bench.json"),
+) -> None:
+    """onnxruntime vs PyTorch eager: median latency and images/s per batch size, written to JSON."""
+    from .bench import bench_model
+
+    try:
+        bench_model(model, batch_sizes=tuple(batch), repeats=repeats, threads=threads, output=output, log=typer.echo)
+    except KeyError as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+    typer.echo(f"results written to {output}")
+
+
+if __name__ == "__main__":
+    app()

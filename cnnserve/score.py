@@ -1,0 +1,134 @@
+"""``cnnserve score``: batch scoring of image files into JSONL with the service's own files and code.
+
+Same ONNX file (from the store or a path), same decoding, pre-processing and answer-building code as the HTTP
+service, so a JSONL line equals the HTTP answer for the same image. A file that cannot be read gets an
+``{"path", "error"}`` line and the run goes on; ``--resume`` skips paths already in the output, so a killed run
+loses nothing and duplicates nothing (each line is flushed as soon as its batch is done).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from service.answers import answer_for
+from service.errors import ServeError
+from service.imaging import decode_image, preprocess
+from service.runtime import LoadedModel, load_model, select_providers
+from service.store import resolve_model_file
+
+__all__ = ["IMAGE_SUFFIXES", "expand_inputs", "already_scored", "score_files"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files, folders (recursive, image suffixes only) and globs → a sorted, de-duplicated list of paths."""
+    found: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.exists():
+            found.append(str(path))
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            found += matches if matches else [item]  # a missing file still gets its error line
+    return list(dict.fromkeys(found))
+
+
+def already_scored(output: Path) -> set[str]:
+    """Paths with a complete line in ``output``; a torn last line (killed mid-write) is dropped and rescored."""
+    done: set[str] = set()
+    if not output.exists():
+        return done
+    with output.open("rb") as f:
+        lines = f.read().split(b"\n")
+    good = []
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        done.add(record["path"])
+        good.append(raw)
+    # Rewrite without the torn line so the file stays valid JSONL.
+    with output.open("wb") as f:
+        f.write(b"".join(line + b"\n" for line in good))
+    return done
+
+
+def _batches(paths: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(paths), size):
+        yield paths[i : i + size]
+
+
+def score_files(
+    model_ref: str,
+    inputs: Iterable[str],
+    output: Path,
+    *,
+    batch_size: int = 16,
+    resume: bool = False,
+    top_k: int = 5,
+    max_pixels: int = 50_000_000,
+    providers: list[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Score every input into ``output`` (JSONL); returns counts of scored, failed and skipped images."""
+    import onnxruntime as ort
+
+    name, path = resolve_model_file(model_ref)
+    model: LoadedModel = load_model(
+        name, path, providers=select_providers(providers or [], ort.get_available_providers()), warm_up=False
+    )
+    model.require_ready()
+    pre = model.preprocess
+
+    paths = expand_inputs(inputs)
+    skipped = 0
+    if resume:
+        done = already_scored(output)
+        skipped = sum(1 for p in paths if p in done)
+        paths = [p for p in paths if p not in done]
+    elif output.exists():
+        output.unlink()
+    if on_total:
+        on_total(len(paths))
+    counts = {"scored": 0, "failed": 0, "skipped": skipped}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a", encoding="utf-8") as out:
+        for chunk in _batches(paths, batch_size):
+            lines: dict[str, dict] = {}
+            tensors, sizes, ok = [], [], []
+            for p in chunk:
+                try:
+                    with open(p, "rb") as f:
+                        img = decode_image(f.read(), max_pixels=max_pixels)
+                    tensors.append(preprocess(img, pre))
+                    sizes.append(img.size)
+                    ok.append(p)
+                except (ServeError, OSError) as exc:
+                    message = exc.message if isinstance(exc, ServeError) else f"cannot read file: {exc.strerror or exc}"
+                    lines[p] = {"path": p, "error": message}
+            if ok:
+                outputs = model.run(np.stack(tensors))
+                for i, p in enumerate(ok):
+                    one = {k: v[i] for k, v in outputs.items()}
+                    lines[p] = {"path": p, **answer_for(model, one, size=sizes[i], top_k=top_k)}
+            for p in chunk:  # input order, one flushed line each
+                out.write(json.dumps(lines[p]) + "\n")
+                counts["failed" if "error" in lines[p] else "scored"] += 1
+            out.flush()
+            os.fsync(out.fileno())
+            if progress:
+                progress(len(chunk))
+    return counts

@@ -1,0 +1,79 @@
+"""torch.onnx (dynamo) export with a dynamic batch, the ONNX checker, and the file's own metadata.
+
+The file carries its contract (``cnnserve.spec``: task, input size, channels, mean/std, labels, weights'
+source) so the service and any other runtime need nothing but the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+import torch.nn as nn
+
+__all__ = ["INPUT_NAME", "export_onnx", "write_metadata", "read_metadata"]
+
+logger = logging.getLogger("cnnserve.export")
+
+INPUT_NAME = "images"
+OPSET = 18
+
+
+def export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    output_names: tuple[str, ...],
+    dynamic_hw: bool = False,
+) -> Path:
+    """Export ``module(images)`` with a dynamic batch dimension (and optionally dynamic H, W)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dims: dict[int, Any] = {0: batch}
+    if dynamic_hw:
+        dims.update({2: torch.export.Dim("height", min=32, max=8192), 3: torch.export.Dim("width", min=32, max=8192)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=list(output_names),
+            dynamic_shapes={INPUT_NAME: dims},
+            verbose=False,
+        )
+    # Weights inside the file unless protobuf's 2 GB limit forces external data (ViT-H/14); the store copies both.
+    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    program.save(str(path), external_data=param_bytes > 1_800_000_000)
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def write_metadata(path: Path, props: dict[str, str], *, doc: str = "") -> None:
+    """Replace the file's ``metadata_props`` with ours (weights stay where the exporter put them)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    existing = {p.key: p.value for p in proto.metadata_props}
+    existing.update(props)
+    del proto.metadata_props[:]
+    for key, value in existing.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "cnnserve"
+    if doc:
+        proto.doc_string = doc
+    onnx.save(proto, str(path))
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    proto = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "cnnserve.spec" in props:
+        props["cnnserve.spec"] = json.loads(props["cnnserve.spec"])
+    return props

@@ -1,0 +1,192 @@
+"""The contract's HTTP routes, as a FastAPI app mounted into the BentoML service.
+
+Request parsing is ours so that every malformed request is a 4xx with ``{"error": ...}``: multipart form data
+(file field ``image`` plus form fields), JSON with ``image`` as base64 (or a ``data:`` URL), or a raw image body
+with the fields as query parameters. Query parameters work with every body type. The upload limit is checked
+against ``Content-Length`` before the body is read. FastAPI is used for its OpenAPI: BentoML merges a mounted
+FastAPI app's paths into its own ``/docs.json``, and the app serves Swagger UI at ``/docs``; the request body is
+documented with ``openapi_extra`` because it is parsed here, not by FastAPI.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import TYPE_CHECKING, Any
+
+import bentoml
+from fastapi import FastAPI
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .answers import answer_for
+from .errors import BadInput, PayloadTooLarge, ServeError
+from .postprocess import check_top_k
+from .schemas import ClassifyResponse, ErrorResponse, ModelsResponse
+
+if TYPE_CHECKING:
+    from .service import CNNServe
+
+__all__ = ["routes_app", "parse_image_request", "ImageRequest"]
+
+
+class ImageRequest:
+    """The image bytes and the string fields of one request, however they were sent."""
+
+    def __init__(self, image: bytes, fields: dict[str, str]) -> None:
+        self.image = image
+        self.fields = fields
+
+    def text(self, name: str, default: str = "") -> str:
+        return self.fields.get(name, default)
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self.fields.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise BadInput(f"`{name}` must be an integer, got {raw!r}") from None
+
+
+def _service() -> CNNServe:
+    return bentoml.get_current_service()
+
+
+def _decode_base64(text: str, limit: int) -> bytes:
+    text = text.strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if len(text) * 3 // 4 > limit:
+        raise PayloadTooLarge(f"the image is over the upload limit of {limit / 2**20:g} MB")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput("in a JSON body, `image` must be the image file encoded as base64") from None
+
+
+def _field_text(value: Any, name: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise BadInput(f"`{name}` must be a string or a number")
+
+
+async def parse_image_request(request: Request, limit: int) -> ImageRequest:
+    """multipart / JSON / raw body → :class:`ImageRequest`; :class:`ServeError` for anything malformed."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit * 4 // 3 + 65536:
+        raise PayloadTooLarge(
+            f"the request is {int(length) / 2**20:.1f} MB, over the upload limit of {limit / 2**20:g} MB"
+        )
+    fields = {k: v for k, v in request.query_params.items()}
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=4, max_fields=32, max_part_size=1024 * 1024)
+        except Exception as exc:  # python-multipart / starlette raise several types for broken bodies
+            raise BadInput(f"the multipart body could not be parsed ({exc})") from None
+        image = form.get("image")
+        for key, value in form.multi_items():
+            if key != "image":
+                if isinstance(value, UploadFile):
+                    raise BadInput(f"`{key}` must be a form field, not a file")
+                fields[key] = value
+        if image is None:
+            raise BadInput("the form has no `image` file field; send it as -F image=@photo.jpg")
+        if not isinstance(image, UploadFile):
+            raise BadInput("`image` must be a file upload (-F image=@photo.jpg), not a text field")
+        data = await image.read()
+        await form.close()
+    elif content_type == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadInput("the JSON body could not be parsed") from None
+        if not isinstance(body, dict) or "image" not in body:
+            raise BadInput('a JSON body must be an object with "image" (base64) and optional fields')
+        if not isinstance(body["image"], str):
+            raise BadInput("in a JSON body, `image` must be a base64 string")
+        data = _decode_base64(body.pop("image"), limit)
+        fields.update({k: _field_text(v, k) for k, v in body.items() if v is not None})
+    elif content_type.startswith("image/") or content_type == "application/octet-stream":
+        data = await request.body()
+    else:
+        raise BadInput(
+            f"unsupported content type {content_type or '(none)'!r}; send multipart/form-data with an `image` file, "
+            "JSON with a base64 `image`, or the raw image bytes with an image/* content type"
+        )
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the upload is {len(data) / 2**20:.1f} MB, over the limit of {limit / 2**20:g} MB")
+    return ImageRequest(data, fields)
+
+
+def _error(exc: ServeError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+def _image_body(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """OpenAPI for a body we parse ourselves: multipart with an `image` file, or JSON with base64 `image`."""
+    properties = {"image": {"type": "string", "format": "binary", "description": "the image file"}, **fields}
+    json_properties = {**properties, "image": {"type": "string", "format": "byte", "description": "base64"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": properties}},
+                "application/json": {
+                    "schema": {"type": "object", "required": ["image"], "properties": json_properties}
+                },
+            },
+        }
+    }
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": why}
+    for status, why in (
+        (400, "bad input: undecodable image, wrong field"),
+        (404, "unknown model"),
+        (413, "upload or image over the limits"),
+        (503, "model not ready or overloaded"),
+    )
+}
+_MODEL_FIELD = {"model": {"type": "string", "description": "served model name; default: the first of the task"}}
+
+app = FastAPI(title="cnnserve", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+
+
+@app.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=_ERRORS,
+    openapi_extra=_image_body(
+        {
+            **_MODEL_FIELD,
+            "top_k": {"type": "integer", "default": 5, "minimum": 1, "description": "classes to return"},
+        }
+    ),
+)
+async def classify(request: Request) -> JSONResponse:
+    """Top-k classes of one image, probabilities best first."""
+    service = _service()
+    try:
+        req = await parse_image_request(request, service.settings.max_upload_bytes)
+        model = service.model_for(req.text("model"), "classification")
+        top_k = check_top_k(req.integer("top_k", 5), model.num_classes, model.name)  # before any decoding work
+        outputs, size = await service.predict(model, req.image)
+        answer = ClassifyResponse(**answer_for(model, outputs, size=size, top_k=top_k))
+    except ServeError as exc:
+        return _error(exc)
+    return JSONResponse(answer.model_dump())
+
+
+@app.get("/models", response_model=ModelsResponse)
+async def list_models() -> JSONResponse:
+    """Every configured model with task, input size, precision, weights' source, readiness and providers."""
+    return JSONResponse(_service().models_status().model_dump())
+
+
+routes_app = app

@@ -1,0 +1,148 @@
+"""Image decoding and pre-processing, written once and shared by the service, the batch scorer and the tests.
+
+Torch-free on purpose: the serving image has no torch. The resize/crop arithmetic reproduces torchvision's eval
+transforms on PIL images (``Resize(shorter side)`` then ``CenterCrop``), so a model that was trained with
+torchvision's recipe sees the same pixels here. Normalisation by mean/std is *not* done here: it lives inside
+the ONNX graph, so every runtime that runs the file gets it right.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadInput, PayloadTooLarge
+
+__all__ = ["Preprocess", "decode_image", "to_model_mode", "preprocess", "load_image_file"]
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+# Formats we promise to read. Others Pillow happens to know (PDF, EPS, ...) are refused with a clear message.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The input contract of one model, as read from its ONNX file's ``cnnserve.spec`` metadata."""
+
+    input_size: tuple[int, int]
+    in_channels: int = 3
+    resize_size: int | None = None
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> Preprocess:
+        return cls(
+            input_size=(int(spec["input_size"][0]), int(spec["input_size"][1])),
+            in_channels=int(spec.get("in_channels", 3)),
+            resize_size=spec.get("resize_size"),
+            interpolation=spec.get("interpolation", "bilinear"),
+        )
+
+
+def decode_image(data: bytes, *, max_pixels: int = 50_000_000) -> Image.Image:
+    """Bytes → a fully loaded, upright PIL image (first frame of an animation), or a :class:`BadInput`.
+
+    The pixel count is checked from the header *before* the pixels are decoded, so a small file that claims a
+    huge canvas (a decompression bomb) costs nothing.
+    """
+    if not data:
+        raise BadInput("the uploaded image is empty (0 bytes); send a JPEG, PNG, WebP, BMP or GIF file")
+    with warnings.catch_warnings():
+        # Pillow's own bomb check would only warn up to 2× its limit; ours is stricter and explicit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, Image.DecompressionBombError):
+            raise BadInput("the upload is not an image we can read; send a JPEG, PNG, WebP, BMP or GIF file") from None
+        except Exception as exc:  # Pillow raises many types on malformed headers
+            raise BadInput(f"the image header could not be read ({exc}); is the file complete?") from None
+        if img.format not in SUPPORTED_FORMATS:
+            raise BadInput(f"{img.format} files are not supported; send a JPEG, PNG, WebP, BMP or GIF file")
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise BadInput(f"the image has no pixels ({width}×{height})")
+        if width * height > max_pixels:
+            raise PayloadTooLarge(
+                f"the image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
+                "send a smaller image"
+            )
+        try:
+            img.seek(0)  # first frame of a GIF/WebP animation
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        except Exception as exc:
+            raise BadInput(f"the image data is broken or truncated ({exc}); send the complete file") from None
+    return img
+
+
+def _sixteen_bit_to_8(img: Image.Image) -> Image.Image:
+    """Pillow's ``convert("L")`` clips 16-bit values instead of scaling them; scale explicitly."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+    elif img.mode == "I":
+        arr = arr / (257.0 if arr.max() > 255 else 1.0)
+    else:  # I;16, I;16B, I;16L, I;16N
+        arr = arr / 257.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Any Pillow mode → ``RGB`` (3 channels) or ``L`` (1 channel), the way a person would expect it to look.
+
+    Transparency is composited on white (how the image looks on a page), 16-bit and float images are scaled
+    rather than clipped, CMYK and palette images go through Pillow's conversions.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _sixteen_bit_to_8(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def _resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
+    out_h, out_w = pre.input_size
+    resample = _RESAMPLE[pre.interpolation]
+    if pre.resize_size is None:
+        return img.resize((out_w, out_h), resample)
+    # torchvision Resize(int): the shorter side becomes resize_size, the longer keeps the aspect (truncated).
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = pre.resize_size, int(pre.resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample)
+    # torchvision CenterCrop: offsets rounded half to even, like its int(round(...)).
+    top = int(round((new_h - out_h) / 2.0))
+    left = int(round((new_w - out_w) / 2.0))
+    if top < 0 or left < 0:  # smaller than the crop: pad like torchvision (zeros), centred
+        canvas = Image.new(img.mode, (max(new_w, out_w), max(new_h, out_h)))
+        canvas.paste(img, (max(-left, 0), max(-top, 0)))
+        img, top, left = canvas, max(top, 0), max(left, 0)
+    return img.crop((left, top, left + out_w, top + out_h))
+
+
+def preprocess(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """A decoded image → the model's input tensor for one image: float32 ``[C, H, W]`` in [0, 1]."""
+    img = _resize_crop(to_model_mode(img, pre.in_channels), pre)
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    return arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_image_file(path: str, *, max_pixels: int = 50_000_000) -> Image.Image:
+    with open(path, "rb") as f:
+        return decode_image(f.read(), max_pixels=max_pixels)

@@ -1,0 +1,126 @@
+"""The BentoML service: ONNX models from the store, run by onnxruntime, behind the contract's HTTP API.
+
+``bentoml serve`` (see ``bentofile.yaml``) starts :class:`CNNServe`. BentoML owns the process: workers, the
+model store, ``/livez``, ``/readyz``, ``/metrics``, ``/docs``. Sessions are created once in ``__init__`` (in
+parallel, each warmed up once); a model whose file is missing or broken is reported not ready in ``/models`` and
+answers 503 while the others serve. Inference goes through BentoML's adaptive batching dispatcher, one per model
+(``service.batching``).
+
+The image endpoints are routes of a mounted Starlette app (``service.http``) rather than ``@bentoml.api``
+methods, because BentoML 1.4's request parsing answers 500 to some malformed multipart bodies, cannot take a
+base64 image in JSON, and wraps 4xx bodies in a list; the contract promises ``{"error": ...}`` and never a 5xx
+for bad input. The routes stay thin: decode → validate → preprocess (shared with the batch scorer) → batched
+inference → answer.
+
+No torch here: the serving image is torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import bentoml
+
+with bentoml.importing():
+    import numpy as np
+    import onnxruntime as ort
+
+    from service.batching import ModelBatcher
+    from service.errors import BadInput, ModelNotFound
+    from service.http import routes_app
+    from service.imaging import decode_image, preprocess
+    from service.runtime import LoadedModel, load_model, select_providers
+    from service.schemas import ModelsResponse, ModelStatus
+    from service.settings import Settings, get_settings
+    from service.store import StoreEntry, find_entry, list_entries
+
+logger = logging.getLogger("cnnserve.service")
+
+
+def _resolve_entries(settings: Settings) -> list[StoreEntry]:
+    """The configured tags, or every cnnserve model in the store; an unknown tag becomes a not-ready entry."""
+    if not settings.models:
+        return list_entries()
+    entries = []
+    for tag in settings.models:
+        try:
+            entries.append(find_entry(tag))
+        except ModelNotFound as exc:
+            entries.append(StoreEntry(tag, tag.split(":")[0], None, exc.message))
+    return entries
+
+
+def _load_all(settings: Settings) -> dict[str, LoadedModel]:
+    providers = select_providers(settings.providers, ort.get_available_providers())
+    entries = _resolve_entries(settings)
+    if not entries:
+        logger.warning("no models to serve: the store has none; run `cnnserve export --defaults`")
+
+    def load(entry: StoreEntry) -> LoadedModel:
+        if entry.path is None:
+            return LoadedModel(name=entry.name, path=None, error=entry.error)
+        return load_model(entry.name, entry.path, providers=providers, intra_op_threads=settings.intra_op_threads)
+
+    # Loading is mostly file I/O and graph optimisation in C++ (the GIL is released): threads overlap it.
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(entries)))) as pool:
+        loaded = list(pool.map(load, entries))
+    return {m.name: m for m in loaded}
+
+
+@bentoml.service(name="cnnserve", traffic={"timeout": 60})
+@bentoml.asgi_app(routes_app, path="/")
+class CNNServe:
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.models = _load_all(self.settings)
+        self.batchers = {
+            name: ModelBatcher(
+                model,
+                max_batch_size=self.settings.max_batch_size,
+                max_latency_ms=self.settings.max_latency_ms,
+            )
+            for name, model in self.models.items()
+            if model.ready
+        }
+
+    def model_for(self, name: str | None, task: str) -> LoadedModel:
+        """The named model (404 unknown, 503 not ready, 400 wrong task) or the first ready one of ``task``."""
+        if not name:
+            for model in self.models.values():
+                if model.task == task and model.ready:
+                    return model
+            raise ModelNotFound(f"no {task} model is loaded; export one with `cnnserve export` and restart")
+        model = self.models.get(name)
+        if model is None:
+            known = ", ".join(self.models) or "none"
+            raise ModelNotFound(f"model {name!r} is not served here; served models: {known}")
+        model.require_ready()
+        if model.task != task:
+            raise BadInput(f"model {name!r} is a {model.task} model, not a {task} model")
+        return model
+
+    async def predict(self, model: LoadedModel, data: bytes) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        """Image bytes → (that image's graph outputs, the upload's (width, height)), batched with other requests."""
+        img = decode_image(data, max_pixels=self.settings.max_pixels)
+        tensor = preprocess(img, model.preprocess)
+        return await self.batchers[model.name].infer(tensor), img.size
+
+    def models_status(self) -> ModelsResponse:
+        return ModelsResponse(
+            models=[
+                ModelStatus(
+                    name=m.name,
+                    task=m.task,
+                    input_size=list(m.spec["input_size"]) if "input_size" in m.spec else None,
+                    precision=m.precision,
+                    source=m.source,
+                    ready=m.ready,
+                    providers=m.providers,
+                    error=m.error,
+                    parity=m.parity,
+                    labels=len(m.labels) if m.labels else None,
+                )
+                for m in self.models.values()
+            ]
+        )
