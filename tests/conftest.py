@@ -1,0 +1,106 @@
+"""Shared fixtures: a private BentoML model store, the exported test models, and one real `bentoml serve`.
+
+BENTOML_HOME is set before anything imports bentoml (it is read once at import), so the tests never touch the
+user's store. The server is a real `bentoml serve` subprocess on a free port, started once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="cnnserve-tests-"))
+os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_store() -> dict[str, str]:
+    """Export the test models into the session store once: the trained LeNet-5 and a seeded random ResNet-18,
+    plus a deliberately broken entry (a truncated ONNX file) to prove one bad model does not stop the others."""
+    from export import export_model
+    from export.store import save_to_store
+
+    tags = {
+        "lenet5": export_model("lenet5", weights="demo").tag,
+        "resnet18": export_model("resnet18", weights="random").tag,
+    }
+    broken = _SESSION_DIR / "broken" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"\x08\x07\x12\x04this is not a complete onnx model")
+    tags["broken"] = save_to_store(broken, name="broken", task="classification", metadata={"model": "broken"})
+    return tags
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log = log
+
+
+def start_server(env_overrides: dict[str, str], log: Path) -> Server:
+    import requests
+
+    port = free_port()
+    env = {**os.environ, **env_overrides}
+    out = log.open("wb")
+    process = subprocess.Popen(
+        [str(BIN / "bentoml"), "serve", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Server(url, process, log)
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"bentoml serve did not become ready in 120 s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    import signal
+
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(server.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def server(model_store: dict[str, str]) -> Iterator[Server]:
+    """One `bentoml serve` for the session, serving lenet5, resnet18, the broken entry and a missing tag."""
+    srv = start_server(
+        {"CNNSERVE_MODELS": "lenet5,resnet18,broken,not-exported", "CNNSERVE_MAX_UPLOAD_MB": "2"},
+        _SESSION_DIR / "serve.log",
+    )
+    yield srv
+    stop_server(srv)
