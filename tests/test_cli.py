@@ -1,0 +1,125 @@
+"""The `cnnserve` command line as a user runs it: list, export, score (with resume), bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from cnnserve.demos.digits import digit_png, digits_split
+
+CNNSERVE = str(Path(sys.executable).parent / "cnnserve")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([CNNSERVE, *args], capture_output=True, text=True, env=os.environ, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"cnnserve {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def test_list_shows_every_model_with_parameters() -> None:
+    out = run("list").stdout
+    assert "lenet5" in out and "vit_h_14" in out and "efficientnet_b7" in out
+    line = next(row for row in out.splitlines() if row.startswith("resnet50 "))
+    assert "25,557,032" in line and "3×224×224" in line
+
+
+def test_export_errors_are_one_line_messages(tmp_path: Path) -> None:
+    unknown = run("export", "resnet19", check=False)
+    assert unknown.returncode == 2 and "unknown model 'resnet19'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    bad_file = tmp_path / "w.pth"
+    bad_file.write_bytes(b"not a checkpoint")
+    wrong = run("export", "lenet5", "--weights", str(bad_file), "--output", str(tmp_path / "x.onnx"), check=False)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+
+
+@pytest.fixture()
+def digit_folder(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    split = digits_split()
+    folder = tmp_path / "digits"
+    (folder / "nested").mkdir(parents=True)
+    truth = {}
+    for i, (pixels, label) in enumerate(zip(split.test_images[:40], split.test_labels[:40], strict=True)):
+        path = folder / ("nested" if i % 2 else "") / f"d{i:03d}.png"
+        path.write_bytes(digit_png(pixels))
+        truth[str(path)] = int(label)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder, truth
+
+
+def test_score_writes_one_line_per_image_and_survives_bad_files(
+    model_store: dict[str, str], digit_folder: tuple[Path, dict[str, int]], tmp_path: Path
+) -> None:
+    folder, truth = digit_folder
+    out = tmp_path / "scores.jsonl"
+    result = run("score", "--model", "lenet5", str(folder), "--output", str(out), "--batch-size", "7")
+    assert "scored 40, failed 1" in result.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 41 and len({r["path"] for r in lines}) == 41
+    errors = [r for r in lines if "error" in r]
+    assert [Path(r["path"]).name for r in errors] == ["broken.png"]
+    correct = [int(r["predictions"][0]["label"]) == truth[r["path"]] for r in lines if "error" not in r]
+    assert np.mean(correct) >= 0.95
+    assert all(r["model"] == "lenet5" and len(r["predictions"]) == 5 for r in lines if "error" not in r)
+
+
+def test_score_resume_skips_done_images_and_repairs_a_torn_line(
+    model_store: dict[str, str], digit_folder: tuple[Path, dict[str, int]], tmp_path: Path
+) -> None:
+    folder, _ = digit_folder
+    out = tmp_path / "scores.jsonl"
+    run("score", "--model", "lenet5", str(folder), "--output", str(out))
+    full = out.read_text().splitlines()
+    # Simulate a run killed mid-write: keep 10 lines and half of the 11th.
+    out.write_text("\n".join(full[:10]) + "\n" + full[10][: len(full[10]) // 2])
+    result = run("score", "--model", "lenet5", str(folder), "--output", str(out), "--resume")
+    assert "skipped 10" in result.stdout
+    resumed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in resumed) == sorted(json.loads(line)["path"] for line in full)
+
+
+def test_score_answer_equals_the_http_answer(model_store: dict[str, str], server, tmp_path: Path) -> None:
+    image = tmp_path / "seven.png"
+    split = digits_split()
+    image.write_bytes(digit_png(split.test_images[int(np.argmax(split.test_labels == 7))]))
+    out = tmp_path / "one.jsonl"
+    run("score", "--model", "lenet5", str(image), "--output", str(out), "--top-k", "3")
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    http = requests.post(
+        f"{server.url}/classify",
+        files={"image": image.read_bytes()},
+        data={"model": "lenet5", "top_k": "3"},
+        timeout=30,
+    ).json()
+    assert line.pop("path") == str(image)
+    assert line["model"] == http["model"]
+    assert [p["index"] for p in line["predictions"]] == [p["index"] for p in http["predictions"]]
+    np.testing.assert_allclose(
+        [p["score"] for p in line["predictions"]], [p["score"] for p in http["predictions"]], atol=1e-6
+    )
+
+
+def test_score_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("score", "--model", "nonexistent", str(tmp_path), "--output", str(tmp_path / "o.jsonl"), check=False)
+    assert result.returncode == 2 and "not in the model store" in result.stderr
+
+
+def test_bench_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run("bench", "--model", "lenet5", "--batch", "1", "--batch", "4", "--repeats", "3", "--output", str(out))
+    result = json.loads(out.read_text())
+    assert result["model"] == "lenet5"
+    timed = [r for r in result["results"] if "median_ms" in r]
+    assert {(r["runtime"], r["batch"]) for r in timed} == {
+        (rt, b) for rt in ("pytorch-eager", "onnxruntime-cpu") for b in (1, 4)
+    }
+    assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 for r in timed)
+    assert {r["batch"] for r in result["results"] if "ratio" in r} == {1, 4}

@@ -1,0 +1,45 @@
+"""The LeNet-5 digits demo: the shipped weights meet the bar, and `cnnserve train` reproduces them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnserve.demos.digits import _to_batch, digits_split
+from export.weights import DEMO_WEIGHTS_DIR
+from models import build_model
+
+
+def _accuracy(state: dict[str, torch.Tensor]) -> float:
+    model = build_model("lenet5").eval()
+    model.load_state_dict(state, strict=True)
+    split = digits_split()
+    x = torch.from_numpy(_to_batch(split.test_images))
+    with torch.no_grad():
+        predicted = model((x - 0.5) / 0.5).argmax(1).numpy()
+    return float((predicted == split.test_labels).mean())
+
+
+def test_shipped_weights_reach_97_percent_on_the_held_out_split() -> None:
+    record = json.loads((DEMO_WEIGHTS_DIR / "lenet5.json").read_text())
+    accuracy = _accuracy(load_file(str(DEMO_WEIGHTS_DIR / "lenet5.safetensors")))
+    assert accuracy >= 0.97
+    assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-4)  # the README's number is this one
+
+
+@pytest.mark.slow
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    cli = str(Path(sys.executable).parent / "cnnserve")
+    subprocess.run([cli, "train", "lenet5-digits", "--output-dir", str(tmp_path)], check=True, env=os.environ)
+    record = json.loads((tmp_path / "lenet5.json").read_text())
+    assert record["test_accuracy"] >= 0.97
+    assert _accuracy(load_file(str(tmp_path / "lenet5.safetensors"))) == pytest.approx(
+        record["test_accuracy"], abs=1e-4
+    )
