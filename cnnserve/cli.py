@@ -26,7 +26,11 @@ def _fail(message: str) -> typer.Exit:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; the exporter's libraries (onnxscript, onnx_ir) only when asked with -v.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("cnnserve").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 @app.command("list")

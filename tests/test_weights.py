@@ -74,8 +74,8 @@ def torchvision_like_resnet18() -> torch.nn.Module:
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0.0, 0.1)
-        model.fc.weight.normal_(0.0, 0.05)
-        model.fc.bias.normal_(0.0, 0.5)
+        model.fc.weight.normal_(0.0, 0.01)
+        model.fc.bias.normal_(0.0, 0.1)
     return model.eval()
 
 
@@ -96,7 +96,9 @@ def test_torchvision_weights_load_offline_from_the_hub_cache(tmp_path: Path) -> 
     assert result.path == output
     assert result.parity <= 1e-3
     # The file answers exactly what torchvision's model answers on normalised input: the cached file was used.
-    images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    # Three different images in [0, 1]: dark, mid and bright noise.
+    images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(7)) * 0.5
+    images += torch.tensor([0.0, 0.25, 0.5]).view(3, 1, 1, 1)
     preset = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
     mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
     std = torch.tensor(preset.std).view(1, 3, 1, 1)
@@ -104,8 +106,10 @@ def test_torchvision_weights_load_offline_from_the_hub_cache(tmp_path: Path) -> 
         expected = torch.softmax(reference((images - mean) / std), dim=1).numpy()
     got = run_onnx(output, images.numpy())
     assert got.shape == (3, 1000)
-    assert expected.max() < 0.5  # a spread-out distribution, so agreement is not a coincidence of argmax
-    assert np.abs(expected[0] - expected[1]).max() > 1e-3
+    # Spread-out distributions that differ per image, so agreement to 1e-4 is not a coincidence of saturation.
+    assert expected.max() < 0.9
+    assert np.abs(expected[0] - expected[1]).max() > 1e-2
+    assert np.abs(expected[1] - expected[2]).max() > 1e-2
     assert np.abs(got - expected).max() <= 1e-4
 
     metadata = read_metadata(output)
@@ -248,8 +252,11 @@ LEGACY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.")
 def test_densenet_loads_torchvision_legacy_key_names() -> None:
     torch.manual_seed(0)
     current = models.build_model("densenet121").state_dict()
-    # torchvision's published checkpoint says `denselayer1.norm.1.weight` where the module is `norm1`.
-    legacy = OrderedDict((LEGACY.sub(r"\1.\2.", key), value) for key, value in current.items())
+    # torchvision's published checkpoint says `denselayer1.norm.1.weight` where the module is `norm1`; it predates
+    # BatchNorm's `num_batches_tracked` (PyTorch 0.4), which load_state_dict fills in for such files.
+    legacy = OrderedDict(
+        (LEGACY.sub(r"\1.\2.", key), value) for key, value in current.items() if "num_batches_tracked" not in key
+    )
     assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
     assert "features.denseblock4.denselayer16.conv.2.weight" in legacy
     assert "features.denseblock1.denselayer1.norm1.weight" not in legacy
