@@ -84,7 +84,7 @@ def _make_outputs_depend_on_everything(model: torch.nn.Module) -> None:
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
                 module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
                 module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.abs().max() == 0:  # zero-initialised heads and biases (ViT head, class token)
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
 
