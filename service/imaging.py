@@ -60,7 +60,9 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000) -> Image.Image:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, Image.DecompressionBombError):
+        except Image.DecompressionBombError as exc:  # beyond even Pillow's hard limit (~179 M pixels)
+            raise PayloadTooLarge(f"the image is too large to decode ({exc}); send a smaller image") from None
+        except UnidentifiedImageError:
             raise BadInput("the upload is not an image we can read; send a JPEG, PNG, WebP, BMP or GIF file") from None
         except Exception as exc:  # Pillow raises many types on malformed headers
             raise BadInput(f"the image header could not be read ({exc}); is the file complete?") from None
@@ -126,13 +128,15 @@ def _resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample)
+    if new_w < out_w or new_h < out_h:
+        # Smaller than the crop: torchvision's CenterCrop pads with zeros, (crop − size) // 2 before.
+        canvas = Image.new(img.mode, (max(new_w, out_w), max(new_h, out_h)))
+        canvas.paste(img, ((out_w - new_w) // 2 if out_w > new_w else 0, (out_h - new_h) // 2 if out_h > new_h else 0))
+        img = canvas
+        new_w, new_h = img.size
     # torchvision CenterCrop: offsets rounded half to even, like its int(round(...)).
     top = int(round((new_h - out_h) / 2.0))
     left = int(round((new_w - out_w) / 2.0))
-    if top < 0 or left < 0:  # smaller than the crop: pad like torchvision (zeros), centred
-        canvas = Image.new(img.mode, (max(new_w, out_w), max(new_h, out_h)))
-        canvas.paste(img, (max(-left, 0), max(-top, 0)))
-        img, top, left = canvas, max(top, 0), max(left, 0)
     return img.crop((left, top, left + out_w, top + out_h))
 
 

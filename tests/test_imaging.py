@@ -69,12 +69,6 @@ def test_preprocess_equals_torchvision_resize_centercrop_totensor(photo: str, in
     assert np.abs(got - expected).max() <= 1e-6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG service/imaging.py _resize_crop: padding offset uses round-half-even of a negative half "
-    "(−11.5 → −12) where torchvision pads (crop − size) // 2 = 11 on the left/top",
-)
 @pytest.mark.parametrize("size", [(300, 300), (320, 240)])
 def test_preprocess_pads_like_torchvision_when_the_resize_is_smaller_than_the_crop(size: tuple[int, int]) -> None:
     # Resize(201) then CenterCrop(224): 23 pixels of zero padding, 11 before and 12 after in torchvision.
@@ -339,12 +333,6 @@ def png_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BadInput,
-    reason="BUG service/imaging.py decode_image: Pillow's DecompressionBombError (> 2×Image.MAX_IMAGE_PIXELS, "
-    "~179M pixels) is caught with UnidentifiedImageError and reported as 400 'not an image we can read'",
-)
 @pytest.mark.parametrize("side", [15_000, 20_000, 60_000])
 def test_a_bomb_beyond_pillows_own_limit_is_also_payload_too_large(side: int) -> None:
     with pytest.raises(PayloadTooLarge) as info:
