@@ -26,28 +26,32 @@ OPSET = 18
 
 def export_onnx(
     module: nn.Module,
-    example: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...],
     path: Path,
     *,
+    input_names: tuple[str, ...] = (INPUT_NAME,),
     output_names: tuple[str, ...],
     dynamic_hw: bool = False,
 ) -> Path:
-    """Export ``module(images)`` with a dynamic batch dimension (and optionally dynamic H, W)."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dims: dict[int, Any] = {0: batch}
+    """Export ``module(images, *extra)`` with a dynamic batch dimension (and optionally dynamic H, W).
+
+    Only the first input (the images) has dynamic dimensions; extra inputs are 0-d scalars (thresholds).
+    """
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)}
     if dynamic_hw:
-        dims.update({2: torch.export.Dim("height", min=32, max=8192), 3: torch.export.Dim("width", min=32, max=8192)})
+        dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+    dynamic_shapes = (dims, *([None] * (len(inputs) - 1)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)
         program = torch.onnx.export(
             module.eval(),
-            (example,),
+            tuple(inputs),
             dynamo=True,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
+            input_names=list(input_names),
             output_names=list(output_names),
-            dynamic_shapes={INPUT_NAME: dims},
+            dynamic_shapes=dynamic_shapes,
             verbose=False,
         )
     # Weights inside the file unless protobuf's 2 GB limit forces external data (ViT-H/14); the store copies both.

@@ -20,13 +20,15 @@ def parity_batch(in_channels: int, size: tuple[int, int], *, batch: int = 2, see
     return torch.rand(batch, in_channels, *size, generator=generator)
 
 
-def measure_parity(module: nn.Module, path: Path, images: torch.Tensor) -> float:
-    """max |ONNX − PyTorch| over every output, on CPU (deterministic, no TF32)."""
+def measure_parity(module: nn.Module, path: Path, inputs: tuple[torch.Tensor, ...] | torch.Tensor) -> float:
+    """max |ONNX − PyTorch| over every output, on CPU (deterministic, no TF32); inputs fed in graph order."""
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     with torch.no_grad():
-        expected = module.eval()(images)
+        expected = module.eval()(*inputs)
     expected = expected if isinstance(expected, (tuple, list)) else (expected,)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    feed = {meta.name: value.numpy() for meta, value in zip(session.get_inputs(), inputs, strict=True)}
+    got = session.run(None, feed)
     return max(
         float(np.max(np.abs(g.astype(np.float64) - e.numpy().astype(np.float64)))) if g.size else 0.0
         for g, e in zip(got, expected, strict=True)

@@ -19,7 +19,7 @@ import torch
 import models
 from models import ModelSpec
 
-from .onnx import export_onnx, write_metadata
+from .onnx import INPUT_NAME, export_onnx, write_metadata
 from .parity import PARITY_TOLERANCE, measure_parity, parity_batch
 from .store import save_to_store
 from .weights import (
@@ -29,7 +29,7 @@ from .weights import (
     load_torchvision_state_dict,
     torchvision_spec,
 )
-from .wrappers import wrap_for_export
+from .wrappers import task_export
 
 __all__ = ["DEFAULT_EXPORTS", "PRECISIONS", "ExportError", "ExportResult", "export_model", "store_tag"]
 
@@ -58,21 +58,23 @@ def store_tag(name: str, precision: str) -> str:
     return name if precision == "fp32" else f"{name}-{precision}"
 
 
-def _load_weights(model: torch.nn.Module, spec: ModelSpec, weights: str) -> tuple[ModelSpec, str]:
-    """Load ``weights`` into ``model``; returns the spec to record (torchvision weights bring their transforms)."""
+def _load_weights(model: torch.nn.Module, spec: ModelSpec, weights: str) -> tuple[ModelSpec, str, dict[str, str]]:
+    """Load ``weights`` into ``model``; returns the spec to record (torchvision weights bring their transforms),
+    the source string, and extra metadata the weights carry (a demo's calibrated anomaly threshold)."""
     if weights == "random":
-        return spec, "random"
+        return spec, "random", {}
     if weights == "torchvision":
         state = load_torchvision_state_dict(spec)
         apply_state_dict(model, spec, state)
-        return torchvision_spec(spec), f"torchvision:{spec.torchvision_weights}"
+        return torchvision_spec(spec), f"torchvision:{spec.torchvision_weights}", {}
     if weights == "demo":
         state, record = load_demo(spec)
         apply_state_dict(model, spec, state)
-        return spec, f"demo:{record.get('dataset', 'unknown')}"
+        extra = {f"cnnserve.{k}": str(v) for k, v in record.get("onnx_metadata", {}).items()}
+        return spec, f"demo:{record.get('dataset', 'unknown')}", extra
     state, source = load_state_dict_file(Path(weights))
     apply_state_dict(model, spec, state)
-    return spec, source
+    return spec, source, {}
 
 
 def export_model(
@@ -105,17 +107,27 @@ def export_model(
 
     torch.manual_seed(seed)  # "random" weights are reproducible
     model = models.build_model(name, **overrides).eval()
-    spec, source = _load_weights(model, spec, weights)
-    wrapped, outputs = wrap_for_export(model, spec)
+    spec, source, extra_metadata = _load_weights(model, spec, weights)
+    task = task_export(spec.task)
+    wrapped = task.wrapper(model, spec).eval()
 
     images = parity_batch(spec.in_channels, spec.input_size, batch=2, seed=seed)
+    extra = tuple(torch.tensor(value, dtype=torch.float32) for value in task.extra_inputs.values())
+    tolerance = task.parity_tolerance if task.parity_tolerance is not None else PARITY_TOLERANCE
     with tempfile.TemporaryDirectory(prefix="cnnserve-export-") as tmp:
         path = output if output is not None else Path(tmp) / "model.onnx"
-        export_onnx(wrapped, images, path, output_names=outputs)
-        parity = measure_parity(wrapped, path, images)
-        if not parity <= PARITY_TOLERANCE:
+        export_onnx(
+            wrapped,
+            (images, *extra),
+            path,
+            input_names=(INPUT_NAME, *task.extra_inputs),
+            output_names=task.outputs,
+            dynamic_hw=task.dynamic_hw,
+        )
+        parity = measure_parity(wrapped, path, (images, *extra))
+        if not parity <= tolerance:
             raise ExportError(
-                f"{name}: ONNX output differs from PyTorch by {parity:.3g} (> {PARITY_TOLERANCE}); file not saved"
+                f"{name}: ONNX output differs from PyTorch by {parity:.3g} (> {tolerance}); file not saved"
             )
         spec_json = {
             **spec.to_json_dict(),
@@ -129,6 +141,7 @@ def export_model(
                 "cnnserve.spec": json.dumps(spec_json),
                 "cnnserve.parity": f"{parity:.6g}",
                 "cnnserve.precision": precision,
+                **extra_metadata,
             },
             doc=f"{spec.description} — exported by cnnserve; input {spec.in_channels}×{spec.input_size}, [0, 1]",
         )

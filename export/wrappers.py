@@ -1,18 +1,29 @@
 """Wrapper modules that put a task's pre- and post-processing inside the exported graph.
 
 What the graph can do, the graph does: a caller feeds float32 pixels in [0, 1] (the ONNX contract) and gets
-answers, whatever runtime runs the file — our service, Triton, or a user's own onnxruntime script. Each task has
-one wrapper and one list of output names, looked up in :data:`TASK_OUTPUTS`.
+answers, whatever runtime runs the file — our service, Triton, or a user's own onnxruntime script. Each task
+registers one :class:`TaskExport` (wrapper class, output names, which dimensions are dynamic, extra scalar graph
+inputs such as detection thresholds) with :func:`register_task`; the exporter asks :func:`task_export`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from models import ModelSpec
 
-__all__ = ["Normalize", "ClassifierExport", "TASK_OUTPUTS", "wrap_for_export"]
+__all__ = [
+    "Normalize",
+    "ClassifierExport",
+    "TaskExport",
+    "register_task",
+    "task_export",
+    "wrap_for_export",
+]
 
 
 class Normalize(nn.Module):
@@ -39,15 +50,57 @@ class ClassifierExport(nn.Module):
         return torch.softmax(self.model(self.normalize(images)), dim=1)
 
 
-TASK_OUTPUTS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
-    "classification": (ClassifierExport, ("probabilities",)),
-}
+@dataclass(frozen=True)
+class TaskExport:
+    """How one task is exported.
+
+    ``wrapper(model, spec)`` is an ``nn.Module`` whose ``forward(images, *extra)`` takes the images and then one
+    0-d float32 tensor per entry of ``extra_inputs`` (name → default value, e.g. ``score_threshold``), and returns
+    the tensors named by ``outputs`` in that order. ``dynamic_hw`` makes H and W dynamic in the graph (the model
+    must accept any size that is a multiple of ``size_multiple``). ``parity_tolerance`` overrides the exporter's
+    default where the task's contract asks for less (or tolerates more, e.g. integer outputs).
+    """
+
+    wrapper: Callable[[nn.Module, ModelSpec], nn.Module]
+    outputs: tuple[str, ...]
+    dynamic_hw: bool = False
+    size_multiple: int = 1
+    extra_inputs: dict[str, float] = field(default_factory=dict)
+    parity_tolerance: float | None = None
+
+
+_TASKS: dict[str, TaskExport] = {}
+
+
+def register_task(task: str, export: TaskExport) -> None:
+    if task in _TASKS:
+        raise ValueError(f"an export for task {task!r} is already registered")
+    _TASKS[task] = export
+
+
+register_task("classification", TaskExport(ClassifierExport, ("probabilities",)))
+
+
+def task_export(task: str) -> TaskExport:
+    _load_task_modules()
+    try:
+        return _TASKS[task]
+    except KeyError:
+        raise NotImplementedError(f"export of {task} models is not implemented") from None
+
+
+# Modules that register the other tasks' wrappers on import (kept beside the models they wrap).
+_TASK_MODULES: tuple[str, ...] = ()
+
+
+def _load_task_modules() -> None:
+    import importlib
+
+    for module in _TASK_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
 
 
 def wrap_for_export(model: nn.Module, spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
     """The eval-mode wrapper for the spec's task and the names of its graph outputs."""
-    try:
-        wrapper_cls, outputs = TASK_OUTPUTS[spec.task]
-    except KeyError:
-        raise NotImplementedError(f"export of {spec.task} models is not implemented yet ({spec.name})") from None
-    return wrapper_cls(model, spec).eval(), outputs
+    export = task_export(spec.task)
+    return export.wrapper(model, spec).eval(), export.outputs

@@ -115,10 +115,14 @@ class LoadedModel:
             raise ModelUnavailable(f"model {self.name!r} is not ready: {self.error}")
         return self.session
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """A batch ``[N, C, H, W]`` float32 in [0, 1] → every graph output by name."""
+    def run(self, images: np.ndarray, **extra: float) -> dict[str, np.ndarray]:
+        """A batch ``[N, C, H, W]`` float32 in [0, 1] (plus scalar graph inputs such as ``score_threshold``,
+        defaulting to the values recorded at export) → every graph output by name."""
         session = self.require_ready()
-        outputs = session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
+        for name, default in self.spec.get("extra_inputs", {}).items():
+            feed[name] = np.asarray(extra.get(name, default), dtype=np.float32)
+        outputs = session.run(None, feed)
         return {meta.name: value for meta, value in zip(session.get_outputs(), outputs, strict=True)}
 
 
