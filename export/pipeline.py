@@ -29,7 +29,7 @@ from .weights import (
     load_torchvision_state_dict,
     torchvision_spec,
 )
-from .wrappers import task_export
+from .wrappers import export_for
 
 __all__ = ["DEFAULT_EXPORTS", "PRECISIONS", "ExportError", "ExportResult", "export_model", "store_tag"]
 
@@ -108,7 +108,7 @@ def export_model(
     torch.manual_seed(seed)  # "random" weights are reproducible
     model = models.build_model(name, **overrides).eval()
     spec, source, extra_metadata = _load_weights(model, spec, weights)
-    task = task_export(spec.task)
+    task = export_for(spec)
     wrapped = task.wrapper(model, spec).eval()
 
     images = parity_batch(spec.in_channels, spec.input_size, batch=2, seed=seed)

@@ -3,7 +3,8 @@
 What the graph can do, the graph does: a caller feeds float32 pixels in [0, 1] (the ONNX contract) and gets
 answers, whatever runtime runs the file — our service, Triton, or a user's own onnxruntime script. Each task
 registers one :class:`TaskExport` (wrapper class, output names, which dimensions are dynamic, extra scalar graph
-inputs such as detection thresholds) with :func:`register_task`; the exporter asks :func:`task_export`.
+inputs such as detection thresholds) with :func:`register_task`, keyed by task, or by model family where one
+task has several wrappers (YOLO and Faster R-CNN are both detection); the exporter asks :func:`export_for`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ __all__ = [
     "ClassifierExport",
     "TaskExport",
     "register_task",
-    "task_export",
+    "export_for",
     "wrap_for_export",
 ]
 
@@ -72,21 +73,23 @@ class TaskExport:
 _TASKS: dict[str, TaskExport] = {}
 
 
-def register_task(task: str, export: TaskExport) -> None:
-    if task in _TASKS:
-        raise ValueError(f"an export for task {task!r} is already registered")
-    _TASKS[task] = export
+def register_task(key: str, export: TaskExport) -> None:
+    """Register the export of a task (``"classification"``) or of one model family (``"yolo"``)."""
+    if key in _TASKS:
+        raise ValueError(f"an export for {key!r} is already registered")
+    _TASKS[key] = export
 
 
 register_task("classification", TaskExport(ClassifierExport, ("probabilities",)))
 
 
-def task_export(task: str) -> TaskExport:
+def export_for(spec: ModelSpec) -> TaskExport:
+    """The family's own export if it registered one, else its task's."""
     _load_task_modules()
-    try:
-        return _TASKS[task]
-    except KeyError:
-        raise NotImplementedError(f"export of {task} models is not implemented") from None
+    export = _TASKS.get(spec.family) or _TASKS.get(spec.task)
+    if export is None:
+        raise NotImplementedError(f"export of {spec.task} models ({spec.name}) is not implemented")
+    return export
 
 
 # Modules that register the other tasks' wrappers on import (kept beside the models they wrap).
@@ -102,5 +105,5 @@ def _load_task_modules() -> None:
 
 def wrap_for_export(model: nn.Module, spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
     """The eval-mode wrapper for the spec's task and the names of its graph outputs."""
-    export = task_export(spec.task)
+    export = export_for(spec)
     return export.wrapper(model, spec).eval(), export.outputs
