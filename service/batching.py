@@ -9,7 +9,8 @@ serialisation between the API and the model. ``bentoml`` is pinned, which keeps 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import anyio
 import numpy as np
@@ -24,9 +25,17 @@ __all__ = ["ModelBatcher"]
 class ModelBatcher:
     """``await batcher.infer(image)`` → that image's outputs, computed in a batch with concurrent requests."""
 
-    def __init__(self, model: LoadedModel, *, max_batch_size: int, max_latency_ms: int) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_batch_size: int,
+        max_latency_ms: int,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
+        self._observe = observe  # (batch size, seconds) of each onnxruntime call, for metrics
         self._dispatcher: CorkDispatcher = CorkDispatcher(
             max_latency_in_ms=max_latency_ms,
             max_batch_size=max_batch_size,
@@ -42,9 +51,15 @@ class ModelBatcher:
         )
 
     async def _run_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        # The dispatcher counts requests; each request is one image, so this never exceeds max_batch_size.
+        if len(images) > self.max_batch_size:
+            raise RuntimeError(f"dispatcher formed a batch of {len(images)} > max_batch_size {self.max_batch_size}")
         batch = np.stack(images)  # (N, C, H, W)
         self.batch_sizes = [*self.batch_sizes[-99:], len(images)]
+        start = time.perf_counter()
         outputs = await anyio.to_thread.run_sync(self.model.run, batch)
+        if self._observe is not None:
+            self._observe(len(images), time.perf_counter() - start)
         return [{name: value[i] for name, value in outputs.items()} for i in range(len(images))]
 
     async def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:

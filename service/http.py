@@ -13,23 +13,31 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import bentoml
 from fastapi import FastAPI
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from .answers import answer_for
 from .errors import BadInput, PayloadTooLarge, ServeError
 from .postprocess import check_top_k
+from .runtime import LoadedModel
 from .schemas import ClassifyResponse, ErrorResponse, ModelsResponse
+from .v2 import router as v2_router
 
 if TYPE_CHECKING:
     from .service import CNNServe
 
-__all__ = ["routes_app", "parse_image_request", "ImageRequest"]
+__all__ = ["routes_app", "parse_image_request", "handle_image_request", "ImageRequest"]
+
+logger = logging.getLogger("cnnserve.http")
+access_log = logging.getLogger("cnnserve.access")
 
 
 class ImageRequest:
@@ -127,6 +135,48 @@ def _error(exc: ServeError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
+Answer = Callable[["CNNServe", LoadedModel, ImageRequest], Awaitable[Response]]
+
+
+async def handle_image_request(request: Request, route: str, task: str, answer: Answer) -> Response:
+    """The one request path of every image endpoint: parse → pick the model → answer; errors → {"error"}.
+
+    Counts every request by model/route/status and logs one line per request (never the image bytes).
+    """
+    service = _service()
+    start = time.perf_counter()
+    model_name = "-"
+    try:
+        req = await parse_image_request(request, service.settings.max_upload_bytes)
+        model = service.model_for(req.text("model"), task)
+        model_name = model.name
+        response = await answer(service, model, req)
+    except ServeError as exc:
+        model_name = model_name if model_name != "-" else _safe_label(request.query_params.get("model", "-"))
+        response = _error(exc)
+    except Exception:  # a bug, not the client's fault: say so without details, log them, keep serving
+        logger.exception("unexpected error on %s", route)
+        response = JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
+    service.metrics.requests.labels(model=model_name, route=route, status=str(response.status_code)).inc()
+    access_log.info(
+        json.dumps(
+            {
+                "route": route,
+                "model": model_name,
+                "status": response.status_code,
+                "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                "bytes": int(request.headers.get("content-length", 0) or 0),
+            }
+        )
+    )
+    return response
+
+
+def _safe_label(value: str) -> str:
+    """Metric labels from client input are bounded: unknown names are not echoed into the time series."""
+    return "-" if len(value) > 64 else value
+
+
 def _image_body(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """OpenAPI for a body we parse ourselves: multipart with an `image` file, or JSON with base64 `image`."""
     properties = {"image": {"type": "string", "format": "binary", "description": "the image file"}, **fields}
@@ -169,18 +219,17 @@ app = FastAPI(title="cnnserve", docs_url="/docs", openapi_url="/openapi.json", r
         }
     ),
 )
-async def classify(request: Request) -> JSONResponse:
+async def classify(request: Request) -> Response:
     """Top-k classes of one image, probabilities best first."""
-    service = _service()
-    try:
-        req = await parse_image_request(request, service.settings.max_upload_bytes)
-        model = service.model_for(req.text("model"), "classification")
+
+    async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
         top_k = check_top_k(req.integer("top_k", 5), model.num_classes, model.name)  # before any decoding work
         outputs, size = await service.predict(model, req.image)
-        answer = ClassifyResponse(**answer_for(model, outputs, size=size, top_k=top_k))
-    except ServeError as exc:
-        return _error(exc)
-    return JSONResponse(answer.model_dump())
+        with service.metrics.stage(model.name, "postprocess"):
+            body = ClassifyResponse(**answer_for(model, outputs, size=size, top_k=top_k))
+        return JSONResponse(body.model_dump())
+
+    return await handle_image_request(request, "/classify", "classification", answer)
 
 
 @app.get("/models", response_model=ModelsResponse)
@@ -189,4 +238,5 @@ async def list_models() -> JSONResponse:
     return JSONResponse(_service().models_status().model_dump())
 
 
+app.include_router(v2_router)
 routes_app = app

@@ -24,6 +24,8 @@ _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+# A shorter-side resize of an extreme strip explodes; refuse beyond this many pixels in the intermediate image.
+MAX_RESIZED_PIXELS = 50_000_000
 # Formats we promise to read. Others Pillow happens to know (PDF, EPS, ...) are refused with a clear message.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
 
@@ -126,6 +128,10 @@ def _resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = pre.resize_size, int(pre.resize_size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if new_w * new_h > MAX_RESIZED_PIXELS:  # a 60000×1 strip would become 15 M × 256 pixels
+        raise BadInput(
+            f"the image's aspect ratio ({w}×{h}) is too extreme to resize for this model; crop it closer to square"
+        )
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample)
     if new_w < out_w or new_h < out_h:

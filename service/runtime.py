@@ -72,6 +72,7 @@ class LoadedModel:
 
     name: str
     path: Path | None
+    version: str = ""  # the store version, when loaded from the store
     session: ort.InferenceSession | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     parity: float | None = None

@@ -18,6 +18,7 @@ No torch here: the serving image is torch-free.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import bentoml
@@ -30,12 +31,24 @@ with bentoml.importing():
     from service.errors import BadInput, ModelNotFound
     from service.http import routes_app
     from service.imaging import decode_image, preprocess
+    from service.metrics import Metrics
     from service.runtime import LoadedModel, load_model, select_providers
     from service.schemas import ModelsResponse, ModelStatus
     from service.settings import Settings, get_settings
     from service.store import StoreEntry, find_entry, list_entries
 
 logger = logging.getLogger("cnnserve.service")
+
+
+def _configure_logging() -> None:
+    """BentoML configures only its own loggers; ours (model loading, one access line per request) go to stderr."""
+    root = logging.getLogger("cnnserve")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
 
 
 def _resolve_entries(settings: Settings) -> list[StoreEntry]:
@@ -60,7 +73,9 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     def load(entry: StoreEntry) -> LoadedModel:
         if entry.path is None:
             return LoadedModel(name=entry.name, path=None, error=entry.error)
-        return load_model(entry.name, entry.path, providers=providers, intra_op_threads=settings.intra_op_threads)
+        model = load_model(entry.name, entry.path, providers=providers, intra_op_threads=settings.intra_op_threads)
+        model.version = entry.tag.partition(":")[2]
+        return model
 
     # Loading is mostly file I/O and graph optimisation in C++ (the GIL is released): threads overlap it.
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(entries)))) as pool:
@@ -72,17 +87,27 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
 @bentoml.asgi_app(routes_app, path="/")
 class CNNServe:
     def __init__(self) -> None:
+        _configure_logging()
         self.settings = get_settings()
+        self.metrics = Metrics()
         self.models = _load_all(self.settings)
         self.batchers = {
             name: ModelBatcher(
                 model,
                 max_batch_size=self.settings.max_batch_size,
                 max_latency_ms=self.settings.max_latency_ms,
+                observe=self._batch_observer(name),
             )
             for name, model in self.models.items()
             if model.ready
         }
+
+    def _batch_observer(self, name: str) -> Callable[[int, float], None]:
+        def observe(size: int, seconds: float) -> None:
+            self.metrics.batch_size.labels(model=name).observe(size)
+            self.metrics.batch_seconds.labels(model=name).observe(seconds)
+
+        return observe
 
     def model_for(self, name: str | None, task: str) -> LoadedModel:
         """The named model (404 unknown, 503 not ready, 400 wrong task) or the first ready one of ``task``."""
@@ -102,9 +127,13 @@ class CNNServe:
 
     async def predict(self, model: LoadedModel, data: bytes) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
         """Image bytes → (that image's graph outputs, the upload's (width, height)), batched with other requests."""
-        img = decode_image(data, max_pixels=self.settings.max_pixels)
-        tensor = preprocess(img, model.preprocess)
-        return await self.batchers[model.name].infer(tensor), img.size
+        with self.metrics.stage(model.name, "decode"):
+            img = decode_image(data, max_pixels=self.settings.max_pixels)
+        with self.metrics.stage(model.name, "preprocess"):
+            tensor = preprocess(img, model.preprocess)
+        with self.metrics.stage(model.name, "inference"):
+            outputs = await self.batchers[model.name].infer(tensor)
+        return outputs, img.size
 
     def models_status(self) -> ModelsResponse:
         return ModelsResponse(

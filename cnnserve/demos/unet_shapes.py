@@ -1,0 +1,154 @@
+"""The U-Net demo: per-pixel background/circle/square/triangle on the synthetic shapes scenes.
+
+Training scenes are ``make_dataset(n, seed=TRAIN_SEED)``, the README's held-out scenes
+``make_dataset(n, seed=HELD_OUT_SEED)``; both go through the service's own pre-processing
+(``service.imaging.preprocess`` with the spec's contract: bilinear resize to 128×128, [0, 1]), so the measured
+mean IoU is what a client of ``/segment`` gets. The only augmentation is the dihedral group (90° rotations and
+flips), which maps every class onto itself: squares stay axis-aligned, circles and triangles stay what they are.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .shapes import CLASSES, HELD_OUT_SEED, TRAIN_SEED, make_dataset
+
+__all__ = ["TRAIN_SCENES", "HELD_OUT_SCENES", "shapes_batch", "confusion_matrix", "mean_iou", "train_unet_shapes"]
+
+TRAIN_SCENES = 2000
+HELD_OUT_SCENES = 200
+EPOCHS = 4
+BATCH = 16
+
+
+def shapes_batch(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` scenes as the service would feed them: images float32 (N, 3, 128, 128) in [0, 1], masks int64."""
+    import models.unet  # noqa: F401  (registers "unet" whether or not the registry lists the family yet)
+    from models import get_spec
+    from service.imaging import Preprocess, preprocess
+
+    pre = Preprocess.from_spec(get_spec("unet").to_json_dict())
+    samples = make_dataset(n, seed=seed, size=pre.input_size)
+    images = np.stack([preprocess(Image.fromarray(s.image), pre) for s in samples])
+    masks = np.stack([s.mask.astype(np.int64) for s in samples])
+    return images, masks
+
+
+def confusion_matrix(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel counts: rows are true classes, columns predicted classes."""
+    index = target.reshape(-1).astype(np.int64) * num_classes + predicted.reshape(-1).astype(np.int64)
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def mean_iou(confusion: np.ndarray) -> tuple[float, list[float]]:
+    """IoU per class over all pixels of the set (TP / (TP + FP + FN)), and their mean over the classes."""
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    iou = tp / np.maximum(union, 1)
+    return float(iou.mean()), [float(v) for v in iou]
+
+
+def predict(model, images: np.ndarray, *, batch: int = 32) -> np.ndarray:
+    """Class index per pixel (N, H, W) for [0, 1] images; normalises with the spec's mean/std like the graph."""
+    import torch
+
+    from models import get_spec
+
+    spec = get_spec("unet")
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i : i + batch])
+            out.append(model((x - mean) / std).argmax(1).numpy())
+    return np.concatenate(out)
+
+
+def evaluate(model, *, n: int = HELD_OUT_SCENES, seed: int = HELD_OUT_SEED) -> dict:
+    images, masks = shapes_batch(n, seed=seed)
+    m, per_class = mean_iou(confusion_matrix(predict(model, images), masks, len(CLASSES)))
+    return {"mean_iou": m, "iou": dict(zip(CLASSES, per_class, strict=True))}
+
+
+def train_unet_shapes(
+    output_dir: Path,
+    *,
+    seed: int = 0,
+    log=print,
+    epochs: int = EPOCHS,
+    scenes: int = TRAIN_SCENES,
+    base_width: int = 16,
+    lr: float = 3e-3,
+) -> dict:
+    """Train the ``unet`` demo reproducibly on 2 CPU cores; write ``unet.safetensors`` + ``unet.json``."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from models import build_model, get_spec
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    spec = get_spec("unet")
+    images, masks = shapes_batch(scenes, seed=TRAIN_SEED)
+    x_all, y_all = torch.from_numpy(images), torch.from_numpy(masks)
+    log(f"{scenes} training scenes generated in {time.perf_counter() - start:.1f} s")
+
+    model = build_model("unet", base_width=base_width)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    steps_per_epoch = scenes // BATCH
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(scenes, generator=generator)
+        total = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * BATCH : (step + 1) * BATCH]
+            x, y = x_all[idx], y_all[idx]
+            k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
+            x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
+            if flip % 2:
+                x, y = x.flip(3), y.flip(2)
+            loss = F.cross_entropy(model((x - mean) / std), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item()
+        log(f"epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f} ({time.perf_counter() - start:.0f} s)")
+    seconds = time.perf_counter() - start
+
+    metrics = evaluate(model)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(output_dir / "unet.safetensors"))
+    record = {
+        "model": "unet",
+        "dataset": "synthetic-shapes",
+        "train_scenes": f"make_dataset({scenes}, seed={TRAIN_SEED})",
+        "held_out_scenes": f"make_dataset({HELD_OUT_SCENES}, seed={HELD_OUT_SEED})",
+        "classes": list(CLASSES),
+        "base_width": base_width,
+        "epochs": epochs,
+        "batch_size": BATCH,
+        "seed": seed,
+        "mean_iou": round(metrics["mean_iou"], 4),
+        "iou": {k: round(v, 4) for k, v in metrics["iou"].items()},
+        "metric": "IoU per class over all held-out pixels (TP / (TP + FP + FN)), mean over the 4 classes",
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+    }
+    (output_dir / "unet.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"mean IoU {metrics['mean_iou']:.4f} on {HELD_OUT_SCENES} held-out scenes; trained in {seconds:.0f} s")
+    return record

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the service, added to BentoML's own ``/metrics``.
+
+Created when the service starts, not at import: BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in each worker after
+the service module is imported, and ``prometheus_client`` must see it to write where ``/metrics`` reads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["Metrics", "STAGES"]
+
+STAGES = ("decode", "preprocess", "inference", "postprocess")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Counter(
+            "cnnserve_requests_total", "Requests by model, route and HTTP status", ["model", "route", "status"]
+        )
+        self.stage_seconds = Histogram(
+            "cnnserve_stage_seconds",
+            "Latency of one request's stage (decode, preprocess, inference incl. batching wait, postprocess)",
+            ["model", "stage"],
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "cnnserve_batch_size", "Images per onnxruntime call", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+        )
+        self.batch_seconds = Histogram(
+            "cnnserve_batch_seconds", "onnxruntime time per batch", ["model"], buckets=_LATENCY_BUCKETS
+        )
+
+    @contextmanager
+    def stage(self, model: str, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(model=model, stage=stage).observe(time.perf_counter() - start)
