@@ -26,13 +26,18 @@ EPOCHS = 4
 BATCH = 16
 
 
-def shapes_batch(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` scenes as the service would feed them: images float32 (N, 3, 128, 128) in [0, 1], masks int64."""
+def _spec():
     import models.unet  # noqa: F401  (registers "unet" whether or not the registry lists the family yet)
     from models import get_spec
+
+    return get_spec("unet")
+
+
+def shapes_batch(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` scenes as the service would feed them: images float32 (N, 3, 128, 128) in [0, 1], masks int64."""
     from service.imaging import Preprocess, preprocess
 
-    pre = Preprocess.from_spec(get_spec("unet").to_json_dict())
+    pre = Preprocess.from_spec(_spec().to_json_dict())
     samples = make_dataset(n, seed=seed, size=pre.input_size)
     images = np.stack([preprocess(Image.fromarray(s.image), pre) for s in samples])
     masks = np.stack([s.mask.astype(np.int64) for s in samples])
@@ -57,9 +62,7 @@ def predict(model, images: np.ndarray, *, batch: int = 32) -> np.ndarray:
     """Class index per pixel (N, H, W) for [0, 1] images; normalises with the spec's mean/std like the graph."""
     import torch
 
-    from models import get_spec
-
-    spec = get_spec("unet")
+    spec = _spec()
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     model.eval()
@@ -92,12 +95,12 @@ def train_unet_shapes(
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
-    from models import build_model, get_spec
+    from models import build_model
 
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    spec = get_spec("unet")
+    spec = _spec()
     images, masks = shapes_batch(scenes, seed=TRAIN_SEED)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(masks)
     log(f"{scenes} training scenes generated in {time.perf_counter() - start:.1f} s")

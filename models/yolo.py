@@ -1,0 +1,385 @@
+"""YOLO v1 (Redmon et al. 2016, "You Only Look Once: Unified, Real-Time Object Detection").
+
+The paper's idea in one line: detection as one regression. The image is cut into an S×S grid; each cell predicts
+B boxes (x, y, √w, √h, confidence) and one set of C class probabilities, so the whole answer is one tensor
+S×S×(B·5 + C) — 7×7×30 for PASCAL VOC — read off a convolutional "darknet" by two fully connected layers.
+
+* :class:`ConvBlock` is one darknet layer: convolution → batch norm → leaky ReLU (slope 0.1). The paper has no
+  batch norm (it arrived with YOLO v2); we add it because it makes these nets train from scratch in minutes on a
+  CPU, which the shapes demo needs. It is the only departure from the paper's layers.
+* The darknets are data: :data:`DARKNET_24` is the paper's Figure 3 (24 convolutions, the 1×1 "reduction"
+  layers between the 3×3 ones, four 2×2 max-pools and one strided convolution), :data:`FAST_YOLO_9` is Fast
+  YOLO's nine-layer net, and :data:`CONFIGS` adds grid size, boxes per cell, input size and head width per
+  registered name. One class, :class:`YOLOv1`, turns a row into a model.
+* :class:`YoloHead` is the two fully connected layers; its output is reshaped to ``(N, S, S, B·5 + C)``. The
+  last layer is linear, as in the paper: nothing squashes the outputs, :func:`decode` clamps what must lie in
+  [0, 1].
+
+Per cell the B·5 + C numbers are ``[x, y, √w, √h, confidence] × B`` then ``C`` class probabilities: (x, y) is
+the box centre as an offset within its cell, (w, h) the box size as a fraction of the image.
+:func:`encode_targets` writes ground truth in the same layout (one box per cell, then an "object here" flag and
+a one-hot class), :func:`yolo_loss` is the paper's sum-squared loss (λcoord = 5, λnoobj = 0.5), and
+:func:`decode` turns the tensor into boxes in input pixels with class-specific confidences
+P(class | object) · confidence — fixed-size tensor arithmetic, with no loop over the data, so it exports to ONNX.
+Non-maximum suppression is the export wrapper's job (``export/yolo.py``).
+
+``yolov1`` is the paper's model (448×448, VOC classes, random weights: there is no published PyTorch
+checkpoint). Pixels go in as [0, 1] with no mean/std, as darknet fed them. ``yolov1_tiny`` is Fast YOLO at any
+input size that is a multiple of 64. ``yolov1_shapes`` is the demo: the Fast YOLO layout at 128×128 with fewer
+filters and an 8×8 grid, trained on the synthetic shapes (``cnnserve train yolo-shapes``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import ModelSpec, register_model
+
+__all__ = [
+    "VOC_CLASSES",
+    "SHAPES_CLASSES",
+    "DARKNET_24",
+    "FAST_YOLO_9",
+    "YoloConfig",
+    "CONFIGS",
+    "ConvBlock",
+    "YoloHead",
+    "YOLOv1",
+    "encode_targets",
+    "decode",
+    "yolo_loss",
+    "yolov1",
+    "yolov1_tiny",
+    "yolov1_shapes",
+]
+
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+# Class index = position here; the shapes generator's labels are these + 1 (0 is its background).
+SHAPES_CLASSES = ("circle", "square", "triangle")
+
+# A darknet layer is (kernel, out_channels, stride); "M" is a 2×2/2 max-pool. Padding is always kernel // 2.
+Layer = tuple[int, int, int] | str
+
+# The paper's Figure 3: 24 convolutional layers. 448 → 7 (four max-pools and the stride-2 conv: ÷64).
+DARKNET_24: tuple[Layer, ...] = (
+    (7, 64, 2), "M",  # 448 → 224 → 112
+    (3, 192, 1), "M",  # → 56
+    (1, 128, 1), (3, 256, 1), (1, 256, 1), (3, 512, 1), "M",  # → 28
+    *((1, 256, 1), (3, 512, 1)) * 4, (1, 512, 1), (3, 1024, 1), "M",  # → 14
+    *((1, 512, 1), (3, 1024, 1)) * 2, (3, 1024, 1), (3, 1024, 2),  # → 7
+    (3, 1024, 1), (3, 1024, 1),
+)  # fmt: skip
+
+# Fast YOLO: "nine convolutional layers instead of 24 and fewer filters in those layers" (the paper says no more);
+# this is the darknet-style tiny net: 3×3 convolutions 16 → 1024, six max-pools (÷64), three 1024-wide at the end.
+FAST_YOLO_9: tuple[Layer, ...] = (
+    (3, 16, 1), "M",
+    (3, 32, 1), "M",
+    (3, 64, 1), "M",
+    (3, 128, 1), "M",
+    (3, 256, 1), "M",
+    (3, 512, 1), "M",
+    (3, 1024, 1), (3, 1024, 1), (3, 1024, 1),
+)  # fmt: skip
+
+# The shapes demo: Fast YOLO's shape (nine 3×3 convolutions and 1×1 reductions, batch-normed) made small enough to
+# train on two CPU cores: a strided first layer (like YOLO's 7×7/2) and three max-pools take 128×128 to 8×8, so
+# each cell of the 8×8 grid sees its own 16×16 pixels; a last 1×1 layer shrinks the features for the FC head.
+SHAPES_DARKNET: tuple[Layer, ...] = (
+    (3, 16, 2), "M",  # 128 → 64 → 32
+    (3, 32, 1), "M",  # → 16
+    (3, 64, 1), "M",  # → 8
+    (3, 128, 1), (1, 64, 1), (3, 128, 1), (1, 64, 1), (3, 128, 1), (1, 32, 1),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class YoloConfig:
+    """One registered YOLO: its darknet, its grid, and the width of the first fully connected layer."""
+
+    darknet: tuple[Layer, ...]
+    hidden: int  # width of the first fully connected layer (4096 in the paper)
+    grid: int = 7  # S
+    boxes: int = 2  # B
+    image_size: int = 448
+    dropout: float = 0.5  # after the first fully connected layer, as in the paper
+
+
+CONFIGS: dict[str, YoloConfig] = {
+    "yolov1": YoloConfig(DARKNET_24, hidden=4096),
+    "yolov1_tiny": YoloConfig(FAST_YOLO_9, hidden=256),
+    "yolov1_shapes": YoloConfig(SHAPES_DARKNET, hidden=256, grid=8, image_size=128, dropout=0.0),
+}
+
+
+class ConvBlock(nn.Module):
+    """One darknet layer: convolution → batch norm (not in the paper, see the module docstring) → leaky ReLU 0.1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class YoloHead(nn.Module):
+    """The two fully connected layers: features → hidden → S·S·(B·5 + C), reshaped to (N, S, S, B·5 + C)."""
+
+    def __init__(self, in_features: int, hidden: int, *, grid: int, boxes: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.grid = grid
+        self.per_cell = boxes * 5 + num_classes
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, grid * grid * self.per_cell)  # linear output, as in the paper
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.act(self.fc1(torch.flatten(features, 1))))  # (N, hidden)
+        return self.fc2(x).view(-1, self.grid, self.grid, self.per_cell)  # (N, S, S, B·5 + C)
+
+
+class YOLOv1(nn.Module):
+    """A darknet (a table of layers) and a :class:`YoloHead`: images (N, C, H, W) → (N, S, S, B·5 + C)."""
+
+    def __init__(
+        self,
+        darknet: tuple[Layer, ...],
+        *,
+        hidden: int,
+        grid: int = 7,
+        boxes: int = 2,
+        num_classes: int = 20,
+        image_size: int = 448,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.grid, self.boxes, self.num_classes, self.image_size = grid, boxes, num_classes, image_size
+        self.features, channels, stride = self._make_darknet(darknet, in_channels)
+        if image_size % stride:
+            raise ValueError(f"image_size {image_size} must be a multiple of the darknet's stride {stride}")
+        side = image_size // stride
+        self.head = YoloHead(
+            channels * side * side, hidden, grid=grid, boxes=boxes, num_classes=num_classes, dropout=dropout
+        )
+
+    @staticmethod
+    def _make_darknet(darknet: tuple[Layer, ...], in_channels: int) -> tuple[nn.Sequential, int, int]:
+        """Layers from the table; returns them with the last width and the total stride."""
+        layers: list[nn.Module] = []
+        channels, stride = in_channels, 1
+        for layer in darknet:
+            if layer == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                stride *= 2
+            else:
+                kernel, width, conv_stride = layer
+                layers.append(ConvBlock(channels, width, kernel, conv_stride))
+                channels, stride = width, stride * conv_stride
+        return nn.Sequential(*layers), channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (N, 1024, 7, 7) → (N, S, S, B·5 + C) for yolov1
+
+
+def encode_targets(
+    boxes: torch.Tensor, labels: torch.Tensor, *, S: int, C: int, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Ground truth of one image → the (S, S, 5 + C) target: ``[x, y, √w, √h, object, one-hot class]`` per cell.
+
+    ``boxes`` (K, 4) are x1, y1, x2, y2 in pixels of an image of ``image_size`` (H, W); ``labels`` (K,) are class
+    indices 0..C−1. A box belongs to the cell that holds its centre; (x, y) is the centre's offset in that cell,
+    (w, h) the size as a fraction of the image. A cell holds one object (YOLO v1's limit): a later box whose
+    centre falls in an occupied cell is dropped.
+    """
+    height, width = image_size
+    target = torch.zeros(S, S, 5 + C)
+    for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist(), strict=True):
+        cx, cy = (x1 + x2) / 2 / width * S, (y1 + y2) / 2 / height * S  # centre in grid units
+        col, row = min(int(cx), S - 1), min(int(cy), S - 1)
+        if target[row, col, 4] == 1:
+            continue
+        w, h = (x2 - x1) / width, (y2 - y1) / height
+        target[row, col, :5] = torch.tensor([cx - col, cy - row, math.sqrt(w), math.sqrt(h), 1.0])
+        target[row, col, 5 + int(label)] = 1.0
+    return target
+
+
+def _cell_boxes(t: torch.Tensor, S: int) -> torch.Tensor:
+    """(..., 4) ``[x, y, √w, √h]`` → (..., 4) x1, y1, x2, y2 as fractions of the image, relative to the cell.
+
+    IoU does not care where the cell is, so the loss can compare a cell's predictions with its truth like this.
+    """
+    cx, cy = t[..., 0] / S, t[..., 1] / S
+    w, h = t[..., 2] ** 2, t[..., 3] ** 2
+    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+
+
+def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of a[i] with b[i] (broadcast), boxes x1, y1, x2, y2. ``torchvision.ops.box_iou`` is all-pairs (M×K);
+    the loss needs only the diagonal."""
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (area_a + area_b - inter).clamp(min=1e-9)
+
+
+def yolo_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    S: int,
+    B: int,
+    C: int,
+    lambda_coord: float = 5.0,
+    lambda_noobj: float = 0.5,
+) -> torch.Tensor:
+    """The paper's sum-squared loss (its equation 3), summed over the grid and averaged over the batch.
+
+    ``pred`` is the network's (N, S, S, B·5 + C), ``target`` is :func:`encode_targets` stacked to (N, S, S, 5 + C).
+    In a cell that holds an object, the predictor whose box has the highest IoU with the truth is "responsible":
+    it alone is pulled towards the box (x, y, √w, √h, weighted by λcoord) and its confidence towards that IoU.
+    Every other predictor's confidence is pulled to 0 (weighted by λnoobj), and the class probabilities of a cell
+    are trained only where it holds an object.
+    """
+    n = pred.shape[0]
+    boxes = pred[..., : B * 5].reshape(n, S, S, B, 5)  # (N, S, S, B, 5)
+    class_probs = pred[..., B * 5 :]  # (N, S, S, C)
+    truth = target[..., None, :4]  # (N, S, S, 1, 4)
+    has_object = target[..., 4]  # (N, S, S): 1obj_i
+
+    iou = _paired_iou(_cell_boxes(boxes[..., :4], S), _cell_boxes(truth, S))  # (N, S, S, B)
+    responsible = F.one_hot(iou.argmax(-1), B).to(pred.dtype) * has_object[..., None]  # 1obj_ij
+    not_responsible = 1.0 - responsible  # 1noobj_ij
+
+    xy = ((boxes[..., 0:2] - truth[..., 0:2]) ** 2).sum(-1)
+    sqrt_wh = ((boxes[..., 2:4] - truth[..., 2:4]) ** 2).sum(-1)
+    confidence = boxes[..., 4]
+    loss = (
+        lambda_coord * (responsible * (xy + sqrt_wh)).sum()
+        + (responsible * (confidence - iou.detach()) ** 2).sum()
+        + lambda_noobj * (not_responsible * confidence**2).sum()
+        + (has_object[..., None] * (class_probs - target[..., 5:]) ** 2).sum()
+    )
+    return loss / n
+
+
+def decode(
+    pred: torch.Tensor, *, S: int, B: int, C: int, image_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, S, S, B·5 + C) → every predictor's box, class-specific confidence and class, before any threshold.
+
+    Returns ``boxes`` (N, S·S·B, 4) x1, y1, x2, y2 in pixels of an input of ``image_size`` (H, W), clipped to it;
+    ``scores`` (N, S·S·B) = P(class | object) · confidence for the predictor's most probable class (both factors
+    clamped to [0, 1]: the last layer is linear); ``labels`` (N, S·S·B) int64, that class's index. Predictors are
+    ordered row, column, box. Fixed-size tensor arithmetic only, so it traces and exports with a dynamic batch.
+    """
+    n = pred.shape[0]
+    height, width = image_size
+    boxes = pred[..., : B * 5].reshape(n, S, S, B, 5)  # (N, S, S, B, 5)
+    rows = torch.arange(S, dtype=pred.dtype, device=pred.device).view(1, S, 1, 1)
+    cols = torch.arange(S, dtype=pred.dtype, device=pred.device).view(1, 1, S, 1)
+    cx = (boxes[..., 0] + cols) / S * width  # cell offset → pixels
+    cy = (boxes[..., 1] + rows) / S * height
+    w = boxes[..., 2] ** 2 * width  # the net predicts √w, √h
+    h = boxes[..., 3] ** 2 * height
+    xyxy = torch.stack(
+        (
+            (cx - w / 2).clamp(0, width),
+            (cy - h / 2).clamp(0, height),
+            (cx + w / 2).clamp(0, width),
+            (cy + h / 2).clamp(0, height),
+        ),
+        dim=-1,
+    )  # (N, S, S, B, 4)
+    class_prob, labels = pred[..., B * 5 :].clamp(0, 1).max(dim=-1)  # (N, S, S): one class per cell
+    scores = class_prob[..., None] * boxes[..., 4].clamp(0, 1)  # (N, S, S, B) class-specific confidence
+    labels = labels[..., None].expand(-1, -1, -1, B)
+    return xyxy.reshape(n, S * S * B, 4), scores.reshape(n, S * S * B), labels.reshape(n, S * S * B)
+
+
+def _spec(name: str, *, labels: tuple[str, ...], description: str) -> ModelSpec:
+    config = CONFIGS[name]
+    return ModelSpec(
+        name=name,
+        task="detection",
+        family="yolo",
+        input_size=(config.image_size, config.image_size),
+        mean=(0.0, 0.0, 0.0),  # darknet feeds pixels in [0, 1], no mean/std
+        std=(1.0, 1.0, 1.0),
+        num_classes=len(labels),
+        labels=labels,
+        description=description,
+    )
+
+
+def _yolov1(name: str, *, num_classes: int, image_size: int | None = None, **kwargs: Any) -> YOLOv1:
+    config = CONFIGS[name]
+    options: dict[str, Any] = {
+        "hidden": config.hidden,
+        "grid": config.grid,
+        "boxes": config.boxes,
+        "image_size": image_size or config.image_size,
+        "dropout": config.dropout,
+    }
+    return YOLOv1(config.darknet, num_classes=num_classes, **{**options, **kwargs})
+
+
+@register_model(
+    _spec("yolov1", labels=VOC_CLASSES, description="YOLO v1: 24-conv darknet + 2 FC, 448×448 → 7×7×(2·5 + 20)")
+)
+def yolov1(*, num_classes: int = 20, **kwargs: Any) -> YOLOv1:
+    """The paper's YOLO: ``image_size``, ``grid`` (S), ``boxes`` (B), ``in_channels``, ``dropout`` may be set."""
+    return _yolov1("yolov1", num_classes=num_classes, **kwargs)
+
+
+@register_model(
+    _spec("yolov1_tiny", labels=VOC_CLASSES, description="Fast YOLO: 9-conv darknet + 2 FC, 448×448 → 7×7×30")
+)
+def yolov1_tiny(*, num_classes: int = 20, **kwargs: Any) -> YOLOv1:
+    """Fast YOLO; ``image_size`` may be any multiple of 64 (the grid stays S×S, the head adapts)."""
+    return _yolov1("yolov1_tiny", num_classes=num_classes, **kwargs)
+
+
+@register_model(
+    _spec(
+        "yolov1_shapes",
+        labels=SHAPES_CLASSES,
+        description="YOLO v1 shapes demo: Fast-YOLO-style 9-conv darknet, 128×128 → 8×8×(2·5 + 3)",
+    )
+)
+def yolov1_shapes(*, num_classes: int = 3, **kwargs: Any) -> YOLOv1:
+    """The demo detector for the synthetic shapes; the default build is the shipped weights' architecture."""
+    return _yolov1("yolov1_shapes", num_classes=num_classes, **kwargs)
