@@ -160,13 +160,47 @@ def score(
 
 @app.command()
 def bench(
-    model: Annotated[str, typer.Option(help="registered model name")] = "resnet50",
+    model: Annotated[
+        str, typer.Option(help="registered model name (runtime bench) or served model (--http)")
+    ] = "resnet50",
     batch: Annotated[list[int], typer.Option(help="batch sizes (repeat the option)")] = [1, 8],  # noqa: B006
     repeats: Annotated[int, typer.Option(min=1)] = 20,
     threads: Annotated[int, typer.Option(help="intra-op threads for both runtimes (0 = default)")] = 0,
+    http: Annotated[str | None, typer.Option(help="load-test a running service at this URL instead")] = None,
+    image: Annotated[Path | None, typer.Option(help="--http: the image to send (default: a digit)")] = None,
+    route: Annotated[str, typer.Option(help="--http: endpoint")] = "/classify",
+    concurrency: Annotated[int, typer.Option(min=1, help="--http: concurrent clients")] = 8,
+    duration: Annotated[float, typer.Option(min=0.1, help="--http: seconds")] = 10.0,
+    expect: Annotated[str | None, typer.Option(help="--http: count answers whose top label differs as errors")] = None,
     output: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/bench.json"),
 ) -> None:
-    """onnxruntime vs PyTorch eager: median latency and images/s per batch size, written to JSON."""
+    """onnxruntime vs PyTorch eager per batch size, or (--http URL) concurrent HTTP load; results to JSON."""
+    if http:
+        from .loadtest import run_load
+
+        if image is None:
+            from .demos.digits import digit_png, digits_split
+
+            split = digits_split()
+            data, expect = digit_png(split.test_images[0]), expect or str(split.test_labels[0])
+        else:
+            data = image.read_bytes()
+        result = run_load(
+            http,
+            image=data,
+            route=route,
+            fields={"model": model} if model else {},
+            concurrency=concurrency,
+            duration=duration,
+            expect=expect,
+            output=output,
+            log=typer.echo,
+        )
+        typer.echo(f"results written to {output}")
+        if result["requests"] == 0:
+            raise _fail(f"no request reached {http}")
+        return
+
     from .bench import bench_model
 
     try:
