@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import anyio
 import numpy as np
@@ -20,6 +21,12 @@ from .errors import ModelUnavailable
 from .runtime import LoadedModel
 
 __all__ = ["ModelBatcher"]
+
+
+@dataclass(frozen=True)
+class _Job:
+    image: np.ndarray  # (C, H, W)
+    extra: dict[str, float]
 
 
 class ModelBatcher:
@@ -40,7 +47,7 @@ class ModelBatcher:
             max_latency_in_ms=max_latency_ms,
             max_batch_size=max_batch_size,
             fallback=self._overloaded,
-            get_batch_size=lambda _image: 1,
+            get_batch_size=lambda _job: 1,
         )
         self._call = self._dispatcher(self._run_batch)
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and /models
@@ -50,21 +57,31 @@ class ModelBatcher:
             f"model {self.model.name!r} is overloaded: the request waited longer than the latency budget; retry later"
         )
 
-    async def _run_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    async def _run_batch(self, jobs: Sequence[_Job]) -> list[dict[str, np.ndarray]]:
         # The dispatcher counts requests; each request is one image, so this never exceeds max_batch_size.
-        if len(images) > self.max_batch_size:
-            raise RuntimeError(f"dispatcher formed a batch of {len(images)} > max_batch_size {self.max_batch_size}")
-        batch = np.stack(images)  # (N, C, H, W)
-        self.batch_sizes = [*self.batch_sizes[-99:], len(images)]
-        start = time.perf_counter()
-        outputs = await anyio.to_thread.run_sync(self.model.run, batch)
-        if self._observe is not None:
-            self._observe(len(images), time.perf_counter() - start)
-        return [{name: value[i] for name, value in outputs.items()} for i in range(len(images))]
+        if len(jobs) > self.max_batch_size:
+            raise RuntimeError(f"dispatcher formed a batch of {len(jobs)} > max_batch_size {self.max_batch_size}")
+        self.batch_sizes = [*self.batch_sizes[-99:], len(jobs)]
+        # Requests share one onnxruntime call only when they fit one tensor and one set of scalar inputs
+        # (detection thresholds): group them, keep each request's position for its answer.
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.image.shape, tuple(sorted(job.extra.items()))), []).append(i)
+        answers: list[dict[str, np.ndarray]] = [{} for _ in jobs]
+        for indices in groups.values():
+            batch = np.stack([jobs[i].image for i in indices])  # (N, C, H, W)
+            extra = jobs[indices[0]].extra
+            start = time.perf_counter()
+            outputs = await anyio.to_thread.run_sync(lambda b=batch, e=extra: self.model.run(b, **e))
+            if self._observe is not None:
+                self._observe(len(indices), time.perf_counter() - start)
+            for row, i in enumerate(indices):
+                answers[i] = {name: value[row] for name, value in outputs.items()}
+        return answers
 
-    async def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """One preprocessed image ``[C, H, W]`` → its slice of every graph output."""
-        result = await self._call(image)
+    async def infer(self, image: np.ndarray, **extra: float) -> dict[str, np.ndarray]:
+        """One preprocessed image ``[C, H, W]`` (+ scalar graph inputs) → its slice of every graph output."""
+        result = await self._call(_Job(image, extra))
         if result is None:  # the dispatcher's fallback path when the request was cancelled
             self._overloaded()
         return result  # type: ignore[return-value]
