@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.answers import answer_for
+from service.answers import AnswerOptions, answer_for
 from service.errors import ServeError
 from service.imaging import decode_image, preprocess
 from service.runtime import LoadedModel, load_model, select_providers
@@ -108,13 +108,13 @@ def score_files(
     with output.open("a", encoding="utf-8") as out:
         for chunk in _batches(paths, batch_size):
             lines: dict[str, dict] = {}
-            tensors, sizes, ok = [], [], []
+            tensors, uploads, ok = [], [], []
             for p in chunk:
                 try:
                     with open(p, "rb") as f:
                         img = decode_image(f.read(), max_pixels=max_pixels)
                     tensors.append(preprocess(img, pre))
-                    sizes.append(img.size)
+                    uploads.append(img)
                     ok.append(p)
                 except (ServeError, OSError) as exc:
                     message = exc.message if isinstance(exc, ServeError) else f"cannot read file: {exc.strerror or exc}"
@@ -123,7 +123,10 @@ def score_files(
                 outputs = model.run(np.stack(tensors))
                 for i, p in enumerate(ok):
                     one = {k: v[i] for k, v in outputs.items()}
-                    lines[p] = {"path": p, **answer_for(model, one, size=sizes[i], top_k=top_k)}
+                    answer = answer_for(
+                        model, one, upload=uploads[i], tensor=tensors[i], options=AnswerOptions(top_k=top_k)
+                    )
+                    lines[p] = {"path": p, **answer}
             for p in chunk:  # input order, one flushed line each
                 out.write(json.dumps(lines[p]) + "\n")
                 counts["failed" if "error" in lines[p] else "scored"] += 1

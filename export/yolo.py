@@ -41,7 +41,9 @@ MAX_DETECTIONS = 100
 
 
 @torch.library.custom_op("cnnserve::batched_nms", mutates_args=())
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: torch.Tensor) -> torch.Tensor:
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: torch.Tensor
+) -> torch.Tensor:
     """``torchvision.ops.batched_nms`` with the IoU threshold as a 0-d tensor (so it can be a graph input).
 
     boxes (M, 4) x1, y1, x2, y2; scores (M,); idxs (M,) int64 groups that never suppress each other →

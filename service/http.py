@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .answers import answer_for
+from .answers import AnswerOptions, answer_for
 from .errors import BadInput, PayloadTooLarge, ServeError
 from .postprocess import check_top_k
 from .runtime import LoadedModel
@@ -224,9 +224,10 @@ async def classify(request: Request) -> Response:
 
     async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
         top_k = check_top_k(req.integer("top_k", 5), model.num_classes, model.name)  # before any decoding work
-        outputs, size = await service.predict(model, req.image)
+        outputs, upload, tensor = await service.predict(model, req.image)
         with service.metrics.stage(model.name, "postprocess"):
-            body = ClassifyResponse(**answer_for(model, outputs, size=size, top_k=top_k))
+            answer = answer_for(model, outputs, upload=upload, tensor=tensor, options=AnswerOptions(top_k=top_k))
+            body = ClassifyResponse(**answer)
         return JSONResponse(body.model_dump())
 
     return await handle_image_request(request, "/classify", "classification", answer)

@@ -26,6 +26,7 @@ import bentoml
 with bentoml.importing():
     import numpy as np
     import onnxruntime as ort
+    from PIL import Image
 
     from service.batching import ModelBatcher
     from service.errors import BadInput, ModelNotFound
@@ -125,15 +126,18 @@ class CNNServe:
             raise BadInput(f"model {name!r} is a {model.task} model, not a {task} model")
         return model
 
-    async def predict(self, model: LoadedModel, data: bytes) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-        """Image bytes → (that image's graph outputs, the upload's (width, height)), batched with other requests."""
+    async def predict(
+        self, model: LoadedModel, data: bytes, **extra: float
+    ) -> tuple[dict[str, np.ndarray], Image.Image, np.ndarray]:
+        """Image bytes (+ scalar graph inputs such as thresholds) → (that image's graph outputs, the decoded upload,
+        the model input tensor), batched with other requests."""
         with self.metrics.stage(model.name, "decode"):
             img = decode_image(data, max_pixels=self.settings.max_pixels)
         with self.metrics.stage(model.name, "preprocess"):
             tensor = preprocess(img, model.preprocess)
         with self.metrics.stage(model.name, "inference"):
-            outputs = await self.batchers[model.name].infer(tensor)
-        return outputs, img.size
+            outputs = await self.batchers[model.name].infer(tensor, **extra)
+        return outputs, img, tensor
 
     def models_status(self) -> ModelsResponse:
         return ModelsResponse(

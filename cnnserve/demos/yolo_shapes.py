@@ -238,7 +238,5 @@ def train_yolo_shapes(
         "torch": torch.__version__,
     }
     (output_dir / f"{MODEL}.json").write_text(json.dumps(record, indent=2) + "\n")
-    log(
-        f"mAP@0.5 {result['map']:.3f} on {eval_images} held-out scenes ({result['ap']}); trained in {train_seconds:.0f} s"
-    )
+    log(f"mAP@0.5 {result['map']:.3f} on {eval_images} held-out scenes {result['ap']}; trained {train_seconds:.0f} s")
     return record

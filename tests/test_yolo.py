@@ -1,0 +1,262 @@
+"""YOLO v1 as a specification: the paper's layer counts and output tensor, the target encoding and decoding, the
+loss, the ONNX graph with its in-graph NMS and threshold inputs, and the shipped shapes demo's mAP@0.5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import export.yolo  # noqa: F401  (registers the "yolo" export until export/wrappers.py lists it)
+import models
+import models.yolo  # noqa: F401  (registers the YOLO names until models/registry.py lists the family)
+from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
+from cnnserve.demos.yolo_shapes import (
+    EVAL_IMAGES,
+    MODEL,
+    average_precision,
+    evaluate,
+    mean_average_precision,
+    train_yolo_shapes,
+)
+from export import export_model
+from export.weights import DEMO_WEIGHTS_DIR
+from export.yolo import YoloExport
+from models.yolo import decode, encode_targets, yolo_loss
+
+S, B, C = 8, 2, 3
+SIZE = (128, 128)
+# Two objects in different cells: a wide box and a tall one touching the bottom-right corner.
+BOXES = torch.tensor([[10.0, 20.0, 50.0, 40.0], [70.0, 64.0, 120.0, 128.0]])
+LABELS = torch.tensor([2, 0])
+
+
+def _convs(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def _perfect_prediction(target: torch.Tensor) -> torch.Tensor:
+    """(S, S, 5 + C) target → (1, S, S, B·5 + C): box 0 is the truth with confidence 1, box 1 is empty."""
+    pred = torch.zeros(1, S, S, B * 5 + C)
+    pred[0, ..., 0:5] = target[..., 0:5]
+    pred[0, ..., B * 5 :] = target[..., 5:]
+    return pred
+
+
+def _demo() -> tuple[torch.nn.Module, dict]:
+    model = models.build_model(MODEL).eval()
+    model.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / f"{MODEL}.safetensors")), strict=True)
+    return model, json.loads((DEMO_WEIGHTS_DIR / f"{MODEL}.json").read_text())
+
+
+# --- the architecture --------------------------------------------------------------------------------------
+
+
+def test_registry_knows_the_yolo_family() -> None:
+    assert {"yolov1", "yolov1_tiny", MODEL} <= set(models.list_models(task="detection"))
+    spec = models.get_spec("yolov1")
+    assert (spec.family, spec.input_size, spec.num_classes) == ("yolo", (448, 448), 20)
+    assert spec.labels[0] == "aeroplane" and spec.labels[-1] == "tvmonitor"
+    assert models.get_spec(MODEL).labels == ("circle", "square", "triangle")
+
+
+@pytest.mark.parametrize(("name", "convs"), [("yolov1", 24), ("yolov1_tiny", 9), (MODEL, 9)])
+def test_conv_layer_counts_and_two_fully_connected_layers(name: str, convs: int) -> None:
+    with torch.device("meta"):
+        model = models.build_model(name)
+    assert _convs(model) == convs
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 2
+
+
+def test_yolov1_output_is_7x7x30_for_voc() -> None:
+    with torch.device("meta"):  # 272 M parameters: shapes only
+        model = models.build_model("yolov1").eval()
+        out = model(torch.empty(2, 3, 448, 448))
+    assert out.shape == (2, 7, 7, 2 * 5 + 20)
+    with torch.device("meta"):
+        out = models.build_model("yolov1", grid=5, boxes=3, num_classes=4).eval()(torch.empty(1, 3, 448, 448))
+    assert out.shape == (1, 5, 5, 3 * 5 + 4)
+
+
+def test_fast_yolo_takes_a_configurable_input_size() -> None:
+    model = models.build_model("yolov1_tiny", image_size=128).eval()
+    with torch.no_grad():
+        assert model(torch.rand(3, 3, 128, 128)).shape == (3, 7, 7, 30)
+    with pytest.raises(ValueError, match="multiple of the darknet's stride 64"):
+        models.build_model("yolov1_tiny", image_size=100)
+
+
+# --- encode, decode, loss ------------------------------------------------------------------------------------
+
+
+def test_encode_puts_each_box_in_the_cell_of_its_centre() -> None:
+    target = encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE)
+    assert target.shape == (S, S, 5 + C)
+    assert target[..., 4].nonzero().tolist() == [[1, 1], [6, 5]]  # centres (30, 30) and (95, 96) / 16 px
+    torch.testing.assert_close(
+        target[1, 1], torch.tensor([0.875, 0.875, 0.5590, 0.3953, 1, 0, 0, 1]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(target[6, 5, 5:], torch.tensor([1.0, 0, 0]))
+
+
+def test_decode_of_an_encoded_target_recovers_the_boxes() -> None:
+    pred = _perfect_prediction(encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE))
+    boxes, scores, labels = decode(pred, S=S, B=B, C=C, image_size=SIZE)
+    assert boxes.shape == (1, S * S * B, 4) and scores.shape == labels.shape == (1, S * S * B)
+    found = scores[0] > 0.5
+    assert found.sum() == 2 and scores[0][~found].max() == 0
+    torch.testing.assert_close(boxes[0][found], BOXES, atol=1e-4, rtol=0)
+    assert labels[0][found].tolist() == LABELS.tolist()
+
+
+def test_decode_scores_are_class_probability_times_confidence() -> None:
+    pred = torch.zeros(1, S, S, B * 5 + C)
+    pred[0, 3, 4, 0:5] = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.8])  # box 0 of cell (row 3, col 4)
+    pred[0, 3, 4, 5:10] = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.4])  # box 1 of the same cell
+    pred[0, 3, 4, 10:] = torch.tensor([0.1, 0.7, 0.2])
+    boxes, scores, labels = decode(pred, S=S, B=B, C=C, image_size=(128, 256))  # H=128, W=256
+    first = (3 * S + 4) * B
+    torch.testing.assert_close(scores[0, first : first + 2], torch.tensor([0.7 * 0.8, 0.7 * 0.4]))
+    assert labels[0, first : first + 2].tolist() == [1, 1]
+    # centre (4.5 / 8 · 256, 3.5 / 8 · 128) = (144, 56); size 0.5² · (256, 128) = (64, 32)
+    torch.testing.assert_close(boxes[0, first], torch.tensor([112.0, 40.0, 176.0, 72.0]))
+
+
+def test_loss_is_zero_for_a_perfect_prediction_and_positive_otherwise() -> None:
+    target = encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE)[None]
+    pred = _perfect_prediction(target[0])
+    assert yolo_loss(pred, target, S=S, B=B, C=C).item() == 0.0
+    for index, what in ((0, "x"), (3, "sqrt h"), (4, "confidence"), (9, "box 1's confidence"), (11, "a class")):
+        wrong = pred.clone()
+        wrong[0, 6, 5, index] += 0.2
+        assert yolo_loss(wrong, target, S=S, B=B, C=C).item() > 0, what
+
+
+def test_the_lambda_weights_matter() -> None:
+    target = encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE)[None]
+    pred = _perfect_prediction(target[0])
+    off_box = pred.clone()
+    off_box[0, 1, 1, 0] += 0.2  # x of the responsible box
+    base = yolo_loss(off_box, target, S=S, B=B, C=C, lambda_coord=1.0).item()
+    assert yolo_loss(off_box, target, S=S, B=B, C=C, lambda_coord=5.0).item() > 4 * base
+    empty_cell = pred.clone()
+    empty_cell[0, 0, 0, 4] = 1.0  # confident box in a cell with no object: 0.5 · 1²
+    assert yolo_loss(empty_cell, target, S=S, B=B, C=C).item() == pytest.approx(0.5)
+    assert yolo_loss(empty_cell, target, S=S, B=B, C=C, lambda_noobj=1.0).item() == pytest.approx(1.0)
+
+
+def test_the_responsible_box_is_the_one_with_the_best_iou() -> None:
+    target = encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE)[None]
+    pred = _perfect_prediction(target[0])
+    swapped = pred.clone()  # the truth in box 1 (confidence 1), box 0 empty: still a perfect prediction
+    swapped[0, 1, 1, 5:10], swapped[0, 1, 1, 0:5] = pred[0, 1, 1, 0:5], 0.0
+    assert yolo_loss(swapped, target, S=S, B=B, C=C).item() == 0.0
+
+
+# --- the ONNX graph ----------------------------------------------------------------------------------------
+
+
+def _onnx_detections(session: ort.InferenceSession, images: torch.Tensor, score: float, iou: float) -> list:
+    feed = {
+        "images": images.numpy(),
+        "score_threshold": np.array(score, dtype=np.float32),
+        "iou_threshold": np.array(iou, dtype=np.float32),
+    }
+    return session.run(None, feed)
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("yolo") / "yolo.onnx"
+    result = export_model(MODEL, weights="demo", save=False, output=path)
+    assert result.parity <= 1e-3 and result.source == "demo:synthetic-shapes"
+    return path
+
+
+def test_exported_graph_declares_the_detection_contract(demo_onnx: Path) -> None:
+    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    assert list(inputs) == ["images", "score_threshold", "iou_threshold"]
+    assert inputs["score_threshold"].shape == [] and inputs["iou_threshold"].shape == []
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "labels", "num_detections"]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: Path, batch: int) -> None:
+    model, _ = _demo()
+    wrapped = YoloExport(model, models.get_spec(MODEL)).eval()
+    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
+    from cnnserve.demos.yolo_shapes import shapes_batch
+
+    images = torch.from_numpy(shapes_batch(make_dataset(batch, seed=777)))
+    counts = {}
+    for score, iou in ((0.25, 0.45), (0.05, 0.45), (0.05, 0.9), (0.9, 0.45)):
+        got = _onnx_detections(session, images, score, iou)
+        with torch.no_grad():
+            expected = [t.numpy() for t in wrapped(images, torch.tensor(score), torch.tensor(iou))]
+        assert [g.shape for g in got] == [(batch, 100, 4), (batch, 100), (batch, 100), (batch,)]
+        assert got[2].dtype == got[3].dtype == np.int64
+        for g, e in zip(got, expected, strict=True):
+            assert np.abs(g.astype(np.float64) - e).max() <= 1e-3
+        counts[(score, iou)] = int(got[3].sum())
+    assert counts[(0.25, 0.45)] >= batch  # every scene has at least one shape, and the model finds them
+    # The thresholds are graph inputs: a lower score threshold and a laxer NMS keep more, a higher one fewer.
+    assert counts[(0.05, 0.9)] > counts[(0.05, 0.45)] > counts[(0.25, 0.45)] > counts[(0.9, 0.45)]
+
+
+def test_padded_rows_are_zeros(demo_onnx: Path) -> None:
+    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
+    from cnnserve.demos.yolo_shapes import shapes_batch
+
+    images = torch.from_numpy(shapes_batch(make_dataset(2, seed=778)))
+    boxes, scores, labels, counts = _onnx_detections(session, images, 0.25, 0.45)
+    for i, n in enumerate(counts):
+        assert (scores[i, :n] > 0.25).all() and (np.diff(scores[i, :n]) <= 0).all()  # best first
+        assert not boxes[i, n:].any() and not scores[i, n:].any() and not labels[i, n:].any()
+
+
+@pytest.mark.slow
+def test_yolov1_exports_at_448_with_random_weights(tmp_path: Path) -> None:
+    result = export_model("yolov1", weights="random", save=False, output=tmp_path / "yolov1.onnx")
+    assert result.parity <= 1e-3
+    session = ort.InferenceSession(str(tmp_path / "yolov1.onnx"), providers=["CPUExecutionProvider"])
+    out = _onnx_detections(session, torch.rand(1, 3, 448, 448), 0.0, 0.45)
+    assert out[0].shape == (1, 100, 4)
+
+
+# --- the shapes demo ---------------------------------------------------------------------------------------
+
+
+def test_average_precision_is_the_voc_all_point_area() -> None:
+    # Ranked hits: ✓ ✗ ✓ with 2 truths → precision envelope 1 up to recall ½, ⅔ up to recall 1.
+    assert average_precision(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(0.5 + 1 / 3)
+    truth = [(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([0, 1]))]
+    exact = [(truth[0][0], np.array([0.9, 0.8]), np.array([0, 1]))]
+    assert mean_average_precision(exact, truth)["map"] == 1.0
+    shifted = [(truth[0][0] + 4, np.array([0.9, 0.8]), np.array([0, 1]))]  # IoU 36/164 < 0.5
+    assert mean_average_precision(shifted, truth)["map"] == 0.0
+    swapped = [(truth[0][0], np.array([0.9, 0.8]), np.array([1, 0]))]  # right boxes, wrong classes
+    assert mean_average_precision(swapped, truth)["map"] == 0.0
+
+
+def test_shipped_demo_reaches_map50_of_0_7_on_fresh_held_out_scenes() -> None:
+    model, record = _demo()
+    result = evaluate(model, make_dataset(record["eval_images"], size=SIZE, seed=HELD_OUT_SEED))
+    assert result["map"] >= 0.7
+    assert result["map"] == pytest.approx(record["map50"], abs=1e-3)  # the recorded number is this one
+    assert record["eval_images"] >= 200 and record["dataset"] == "synthetic-shapes"
+
+
+@pytest.mark.slow
+def test_training_reproduces_the_demo(tmp_path: Path) -> None:
+    record = train_yolo_shapes(tmp_path, eval_images=EVAL_IMAGES, log=lambda _: None)
+    assert record["map50"] >= 0.7
+    model = models.build_model(MODEL).eval()
+    model.load_state_dict(load_file(str(tmp_path / f"{MODEL}.safetensors")), strict=True)
+    held_out = make_dataset(EVAL_IMAGES, size=SIZE, seed=HELD_OUT_SEED)
+    assert evaluate(model, held_out)["map"] == pytest.approx(record["map50"], abs=1e-3)
