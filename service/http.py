@@ -24,11 +24,19 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .answers import AnswerOptions, answer_for
+from .answers import AnswerOptions, answer_for, denoised_image
+from .codecs import png_bytes
 from .errors import BadInput, PayloadTooLarge, ServeError
 from .postprocess import check_top_k
 from .runtime import LoadedModel
-from .schemas import ClassifyResponse, ErrorResponse, ModelsResponse
+from .schemas import (
+    AnomalyResponse,
+    ClassifyResponse,
+    DetectResponse,
+    ErrorResponse,
+    ModelsResponse,
+    SegmentResponse,
+)
 from .v2 import router as v2_router
 
 if TYPE_CHECKING:
@@ -58,6 +66,27 @@ class ImageRequest:
             return int(raw)
         except ValueError:
             raise BadInput(f"`{name}` must be an integer, got {raw!r}") from None
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        """A float field in [low, high]; NaN, infinities and text are refused with the field's name."""
+        raw = self.fields.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise BadInput(f"`{name}` must be a number, got {raw!r}") from None
+        if not low <= value <= high:  # also False for NaN
+            raise BadInput(f"`{name}` must be between {low:g} and {high:g}, got {raw!r}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        raw = self.fields.get(name, "").strip().lower()
+        if raw in ("", "0", "false", "no", "off"):
+            return raw == "" and name in self.fields  # a bare `?overlay` means yes
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        raise BadInput(f"`{name}` must be true or false, got {raw!r}")
 
 
 def _service() -> CNNServe:
@@ -138,7 +167,7 @@ def _error(exc: ServeError) -> JSONResponse:
 Answer = Callable[["CNNServe", LoadedModel, ImageRequest], Awaitable[Response]]
 
 
-async def handle_image_request(request: Request, route: str, task: str, answer: Answer) -> Response:
+async def handle_image_request(request: Request, route: str, tasks: tuple[str, ...], answer: Answer) -> Response:
     """The one request path of every image endpoint: parse → pick the model → answer; errors → {"error"}.
 
     Counts every request by model/route/status and logs one line per request (never the image bytes).
@@ -148,7 +177,7 @@ async def handle_image_request(request: Request, route: str, task: str, answer: 
     model_name = "-"
     try:
         req = await parse_image_request(request, service.settings.max_upload_bytes)
-        model = service.model_for(req.text("model"), task)
+        model = service.model_for(req.text("model"), tasks)
         model_name = model.name
         response = await answer(service, model, req)
     except ServeError as exc:
@@ -230,7 +259,114 @@ async def classify(request: Request) -> Response:
             body = ClassifyResponse(**answer)
         return JSONResponse(body.model_dump())
 
-    return await handle_image_request(request, "/classify", "classification", answer)
+    return await handle_image_request(request, "/classify", ("classification",), answer)
+
+
+_THRESHOLDS = {
+    "score_threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "default: the model's"},
+    "iou_threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "NMS IoU; default: the model's"},
+    "max_detections": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+}
+
+
+def _graph_thresholds(model: LoadedModel, req: ImageRequest) -> dict[str, float]:
+    """The request's thresholds for the graph's scalar inputs, defaulting to the values recorded at export."""
+    defaults = model.spec.get("extra_inputs", {})
+    return {name: req.number(name, float(default), low=0.0, high=1.0) for name, default in defaults.items()}
+
+
+def _detection_options(req: ImageRequest) -> AnswerOptions:
+    limit = req.integer("max_detections", 100)
+    if not 1 <= limit <= 1000:
+        raise BadInput(f"`max_detections` must be between 1 and 1000, got {limit}")
+    return AnswerOptions(max_detections=limit)
+
+
+@app.post(
+    "/detect",
+    response_model=DetectResponse,
+    responses=_ERRORS,
+    openapi_extra=_image_body({**_MODEL_FIELD, **_THRESHOLDS}),
+)
+async def detect(request: Request) -> Response:
+    """Objects in one image: boxes in the upload's pixels, labels and scores, best first."""
+
+    async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
+        options, thresholds = _detection_options(req), _graph_thresholds(model, req)
+        outputs, upload, tensor = await service.predict(model, req.image, **thresholds)
+        with service.metrics.stage(model.name, "postprocess"):
+            body = DetectResponse(**answer_for(model, outputs, upload=upload, tensor=tensor, options=options))
+        return JSONResponse(body.model_dump())
+
+    return await handle_image_request(request, "/detect", ("detection",), answer)
+
+
+@app.post(
+    "/segment",
+    response_model=SegmentResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    openapi_extra=_image_body(
+        {
+            **_MODEL_FIELD,
+            "score_threshold": _THRESHOLDS["score_threshold"],
+            "overlay": {"type": "boolean", "default": False, "description": "semantic: add a colour overlay PNG"},
+        }
+    ),
+)
+async def segment(request: Request) -> Response:
+    """Per-pixel classes (semantic models) or per-object masks (instance models), at the upload's size."""
+
+    async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
+        options = AnswerOptions(overlay=req.flag("overlay"), max_detections=req.integer("max_detections", 100))
+        outputs, upload, tensor = await service.predict(model, req.image, **_graph_thresholds(model, req))
+        with service.metrics.stage(model.name, "postprocess"):
+            body = SegmentResponse(**answer_for(model, outputs, upload=upload, tensor=tensor, options=options))
+        return JSONResponse(body.model_dump(exclude_none=True))
+
+    return await handle_image_request(request, "/segment", ("semantic_segmentation", "instance_segmentation"), answer)
+
+
+@app.post(
+    "/denoise",
+    responses={200: {"content": {"image/png": {}}, "description": "the cleaned image, the upload's size"}, **_ERRORS},
+    response_class=Response,
+    openapi_extra=_image_body(dict(_MODEL_FIELD)),
+)
+async def denoise(request: Request) -> Response:
+    """The image as the autoencoder reconstructs it (noise removed): a PNG of the upload's size and mode family."""
+
+    async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
+        outputs, upload, _ = await service.predict(model, req.image)
+        with service.metrics.stage(model.name, "postprocess"):
+            png = png_bytes(denoised_image(outputs["reconstruction"], upload))
+        return Response(png, media_type="image/png")
+
+    return await handle_image_request(request, "/denoise", ("autoencoder",), answer)
+
+
+@app.post(
+    "/anomaly",
+    response_model=AnomalyResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    openapi_extra=_image_body(
+        {**_MODEL_FIELD, "heatmap": {"type": "boolean", "default": False, "description": "add a per-pixel error PNG"}}
+    ),
+)
+async def anomaly(request: Request) -> Response:
+    """How unlike the training data the image is: reconstruction error against the calibrated threshold."""
+
+    async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
+        options = AnswerOptions(heatmap=req.flag("heatmap"))
+        outputs, upload, tensor = await service.predict(model, req.image)
+        with service.metrics.stage(model.name, "postprocess"):
+            body = AnomalyResponse(
+                **answer_for(model, outputs, upload=upload, tensor=tensor, route="/anomaly", options=options)
+            )
+        return JSONResponse(body.model_dump(exclude_none=True))
+
+    return await handle_image_request(request, "/anomaly", ("autoencoder",), answer)
 
 
 @app.get("/models", response_model=ModelsResponse)

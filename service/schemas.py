@@ -43,3 +43,46 @@ class ModelsResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+class Detection(BaseModel):
+    box: list[float] = Field(description="x1, y1, x2, y2 in the uploaded image's pixels")
+    index: int
+    label: str
+    score: float
+
+
+class DetectResponse(BaseModel):
+    model: str
+    width: int
+    height: int
+    detections: list[Detection] = Field(description="best first")
+
+
+class ClassPixels(BaseModel):
+    index: int
+    label: str
+    pixels: int
+
+
+class Instance(Detection):
+    mask: str = Field(description="base64 PNG, the upload's size, 255 inside the instance")
+
+
+class SegmentResponse(BaseModel):
+    model: str
+    kind: str = Field(description='"semantic" or "instance"')
+    width: int
+    height: int
+    mask: str | None = Field(None, description="semantic: base64 PNG of class indices at the upload's size")
+    classes: list[ClassPixels] | None = Field(None, description="semantic: pixels per class present")
+    overlay: str | None = Field(None, description="semantic, with overlay=true: base64 PNG colour overlay")
+    instances: list[Instance] | None = Field(None, description="instance: one entry per detected object")
+
+
+class AnomalyResponse(BaseModel):
+    model: str
+    score: float = Field(description="mean squared reconstruction error of the image")
+    threshold: float = Field(description="calibrated at training time from the training set's errors")
+    is_anomaly: bool
+    heatmap: str | None = Field(None, description="with heatmap=true: base64 PNG of the per-pixel error")

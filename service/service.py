@@ -110,20 +110,23 @@ class CNNServe:
 
         return observe
 
-    def model_for(self, name: str | None, task: str) -> LoadedModel:
-        """The named model (404 unknown, 503 not ready, 400 wrong task) or the first ready one of ``task``."""
+    def model_for(self, name: str | None, tasks: tuple[str, ...]) -> LoadedModel:
+        """The named model (404 unknown, 503 not ready, 400 wrong task) or the first ready one of ``tasks``
+        (in the order given: /segment prefers semantic models, then instance models)."""
+        wanted = " or ".join(tasks)
         if not name:
-            for model in self.models.values():
-                if model.task == task and model.ready:
-                    return model
-            raise ModelNotFound(f"no {task} model is loaded; export one with `cnnserve export` and restart")
+            for task in tasks:
+                for model in self.models.values():
+                    if model.task == task and model.ready:
+                        return model
+            raise ModelNotFound(f"no {wanted} model is loaded; export one with `cnnserve export` and restart")
         model = self.models.get(name)
         if model is None:
             known = ", ".join(self.models) or "none"
             raise ModelNotFound(f"model {name!r} is not served here; served models: {known}")
         model.require_ready()
-        if model.task != task:
-            raise BadInput(f"model {name!r} is a {model.task} model, not a {task} model")
+        if model.task not in tasks:
+            raise BadInput(f"model {name!r} is a {model.task} model; this route needs a {wanted} model")
         return model
 
     async def predict(

@@ -200,9 +200,11 @@ def test_generated_requests_never_get_a_5xx_and_match_the_schema(server) -> None
     """schemathesis generates requests from our OpenAPI (random bodies, field types, files) and checks every answer:
     no 5xx, a declared status code, a body matching the declared schema. (Its pytest plugin does not run under
     pytest 9 yet, so the operations are driven through hypothesis directly.)"""
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json").include(path_regex=r"^/(classify|models)$")
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json").include(
+        path_regex=r"^/(classify|detect|segment|denoise|anomaly|models)$"
+    )
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} == {"/classify", "/models"}
+    assert {op.path for op in operations} == {"/classify", "/detect", "/segment", "/denoise", "/anomaly", "/models"}
     for operation in operations:
 
         @given(case=operation.as_strategy())
