@@ -126,6 +126,8 @@ def score(
     output: Annotated[Path, typer.Option(help="JSONL file to write")],
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 16,
     top_k: Annotated[int, typer.Option(min=1)] = 5,
+    overlay: Annotated[bool, typer.Option(help="semantic segmentation: also write colour overlays")] = False,
+    heatmap: Annotated[bool, typer.Option(help="autoencoder: also write per-pixel error heat maps")] = False,
     resume: Annotated[bool, typer.Option(help="skip images already in OUTPUT")] = False,
 ) -> None:
     """Batch scoring: one JSON line per image, the same answer as the HTTP service."""
@@ -146,6 +148,8 @@ def score(
             batch_size=batch_size,
             resume=resume,
             top_k=top_k,
+            overlay=overlay,
+            heatmap=heatmap,
             max_pixels=settings.max_pixels,
             providers=settings.providers,
             progress=bar.update,
