@@ -111,6 +111,22 @@ def _field_text(value: Any, name: str) -> str:
     raise BadInput(f"`{name}` must be a string or a number")
 
 
+def _byte_limited(request: Request, limit: int) -> Request:
+    """The same request, whose body stops with a 413 as soon as more than ``limit`` bytes have arrived."""
+    received = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLarge(f"the upload is over the limit of {limit / 2**20:.0f} MB")
+        return message
+
+    return Request(request.scope, receive)
+
+
 async def parse_image_request(request: Request, limit: int) -> ImageRequest:
     """multipart / JSON / raw body → :class:`ImageRequest`; :class:`ServeError` for anything malformed."""
     length = request.headers.get("content-length")
@@ -118,11 +134,14 @@ async def parse_image_request(request: Request, limit: int) -> ImageRequest:
         raise PayloadTooLarge(
             f"the request is {int(length) / 2**20:.1f} MB, over the upload limit of {limit / 2**20:g} MB"
         )
+    request = _byte_limited(request, limit * 4 // 3 + 65536)  # chunked bodies have no Content-Length to check
     fields = {k: v for k, v in request.query_params.items()}
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=4, max_fields=32, max_part_size=1024 * 1024)
+        except ServeError:
+            raise
         except Exception as exc:  # python-multipart / starlette raise several types for broken bodies
             raise BadInput(f"the multipart body could not be parsed ({exc})") from None
         image = form.get("image")

@@ -215,3 +215,18 @@ def test_generated_requests_never_get_a_5xx_and_match_the_schema(server) -> None
             case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
         check()
+
+
+def test_a_chunked_upload_over_the_limit_is_stopped_with_413(server) -> None:
+    """No Content-Length to check up front: the body is counted as it arrives (the test server allows 2 MB)."""
+
+    def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+        for _ in range(64):
+            yield b"\0" * 65536  # 4 MB in all
+        yield b"\r\n--b--\r\n"
+
+    response = requests.post(
+        f"{server.url}/classify", data=body(), headers={"Content-Type": "multipart/form-data; boundary=b"}, timeout=60
+    )
+    assert response.status_code == 413 and "limit" in response.json()["error"]
