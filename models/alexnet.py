@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .labels import imagenet_categories
+from .labels import imagenet_classifier_spec
 from .registry import ModelSpec, register_model
 
 __all__ = ["AlexNet", "alexnet"]
@@ -65,16 +65,10 @@ class AlexNet(nn.Module):
 
 def _spec(name: str) -> ModelSpec:
     # As AlexNet_Weights.IMAGENET1K_V1.transforms() has it: resize 256, centre crop 224, bilinear.
-    return ModelSpec(
-        name=name,
-        task="classification",
+    return imagenet_classifier_spec(
+        name,
         family="alexnet",
-        input_size=(224, 224),
-        resize_size=256,
-        interpolation="bilinear",
-        labels=imagenet_categories(),
-        torchvision=name,
-        torchvision_weights="AlexNet_Weights.IMAGENET1K_V1",
+        weights="AlexNet_Weights.IMAGENET1K_V1",
         description="AlexNet (single-tower variant): 5 convolutions, 3 fully connected layers, dropout",
     )
 

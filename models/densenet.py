@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .labels import imagenet_categories
+from .labels import imagenet_classifier_spec
 from .registry import ModelSpec, register_model
 
 __all__ = [
@@ -184,16 +184,10 @@ _DENSENETS: dict[str, tuple[int, tuple[int, int, int, int], int, str]] = {
 
 def _spec(name: str) -> ModelSpec:
     growth_rate, block_config, _, weights = _DENSENETS[name]
-    return ModelSpec(
-        name=name,
-        task="classification",
+    return imagenet_classifier_spec(
+        name,
         family="densenet",
-        input_size=(224, 224),
-        resize_size=256,
-        interpolation="bilinear",
-        labels=imagenet_categories(),
-        torchvision=name,
-        torchvision_weights=weights,
+        weights=weights,
         description=f"DenseNet-{name.removeprefix('densenet')}-BC: growth rate {growth_rate}, "
         f"layers per block {block_config}",
     )

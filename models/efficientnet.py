@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torchvision.ops import StochasticDepth
 
-from .labels import imagenet_categories
+from .labels import imagenet_classifier_spec
 from .registry import ModelSpec, register_model
 
 __all__ = [
@@ -284,16 +284,13 @@ _WEIGHTS: dict[str, tuple[str, int, int, str]] = {
 def _spec(name: str) -> ModelSpec:
     sc = _SCALINGS[name]
     weights, crop, resize, interpolation = _WEIGHTS[name]
-    return ModelSpec(
-        name=name,
-        task="classification",
+    return imagenet_classifier_spec(
+        name,
         family="efficientnet",
-        input_size=(crop, crop),
-        resize_size=resize,
+        weights=weights,
+        crop=crop,
+        resize=resize,
         interpolation=interpolation,
-        labels=imagenet_categories(),
-        torchvision=name,
-        torchvision_weights=weights,
         description=(
             f"EfficientNet-{name.removeprefix('efficientnet_').upper()}: B0 compound-scaled by width "
             f"×{sc.width_mult}, depth ×{sc.depth_mult} (paper resolution {sc.resolution})"

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .labels import imagenet_categories
+from .labels import imagenet_classifier_spec
 from .registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, register_model
 
 __all__ = ["BasicConv2d", "InceptionModule", "InceptionAux", "GoogLeNet", "GoogLeNetOutputs", "googlenet"]
@@ -193,16 +193,10 @@ class GoogLeNet(nn.Module):
 
 
 def _spec(name: str) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        task="classification",
+    return imagenet_classifier_spec(
+        name,
         family="googlenet",
-        input_size=(224, 224),
-        resize_size=256,
-        interpolation="bilinear",
-        labels=imagenet_categories(),
-        torchvision=name,
-        torchvision_weights="GoogLeNet_Weights.IMAGENET1K_V1",
+        weights="GoogLeNet_Weights.IMAGENET1K_V1",
         # The published weights are Caffe ports trained on (p − 0.5)/0.5 pixels.
         torchvision_kwargs={"transform_input": True},
         description="GoogLeNet (Inception v1): nine Inception modules, aux classifiers in training only",

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .labels import imagenet_categories
+from .labels import imagenet_classifier_spec
 from .registry import ModelSpec, register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -145,15 +145,10 @@ _RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, in
 
 def _spec(name: str) -> ModelSpec:
     block, layers, weights = _RESNETS[name]
-    return ModelSpec(
-        name=name,
-        task="classification",
+    return imagenet_classifier_spec(
+        name,
         family="resnet",
-        input_size=(224, 224),
-        resize_size=256,
-        labels=imagenet_categories(),
-        torchvision=name,
-        torchvision_weights=weights,
+        weights=weights,
         description=f"ResNet-{name.removeprefix('resnet')}: {block.__name__} blocks, stage depths {layers}",
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .labels import imagenet_categories
+from .labels import imagenet_classifier_spec
 from .registry import ModelSpec, register_model
 
 __all__ = [
@@ -132,16 +132,10 @@ def _spec(name: str) -> ModelSpec:
     config, batch_norm, weights = _VGGS[name]
     depth = sum(CONFIGS[config]) + 3
     # Input contract of every VGG*_Weights.IMAGENET1K_V1.transforms(): resize 256, crop 224, bilinear.
-    return ModelSpec(
-        name=name,
-        task="classification",
+    return imagenet_classifier_spec(
+        name,
         family="vgg",
-        input_size=(224, 224),
-        resize_size=256,
-        interpolation="bilinear",
-        labels=imagenet_categories(),
-        torchvision=name,
-        torchvision_weights=weights,
+        weights=weights,
         description=(
             f"VGG-{depth} (configuration {config}): convolutions per stage {CONFIGS[config]}"
             + (", batch norm after each convolution" if batch_norm else "")

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .labels import imagenet_categories
+from .labels import imagenet_classifier_spec
 from .registry import ModelSpec, register_model
 
 __all__ = [
@@ -259,17 +259,14 @@ _TORCHVISION_KWARGS: dict[str, dict[str, Any]] = {"vit_h_14": {"image_size": 518
 def _spec(name: str) -> ModelSpec:
     size = _VITS[name]
     weights, crop, resize, interpolation = _WEIGHTS[name]
-    return ModelSpec(
-        name=name,
-        task="classification",
+    return imagenet_classifier_spec(
+        name,
         family="vit",
-        input_size=(crop, crop),
-        resize_size=resize,
+        weights=weights,
+        crop=crop,
+        resize=resize,
         interpolation=interpolation,
-        labels=imagenet_categories(),
-        torchvision=name,
-        torchvision_weights=weights,
-        torchvision_kwargs=dict(_TORCHVISION_KWARGS.get(name, {})),
+        torchvision_kwargs=_TORCHVISION_KWARGS.get(name),
         description=(
             f"ViT-{name[4].upper()}/{size.patch_size}: {size.num_layers} layers, {size.num_heads} heads, "
             f"width {size.hidden_dim}, MLP {size.mlp_dim}"
