@@ -16,7 +16,13 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
-DEMOS = ("lenet5-digits",)
+# `cnnserve train NAME` → (module, function); each trains reproducibly and writes <model>.safetensors + <model>.json.
+DEMOS: dict[str, tuple[str, str]] = {
+    "lenet5-digits": ("cnnserve.demos.digits", "train_lenet5_digits"),
+    "unet-shapes": ("cnnserve.demos.unet_shapes", "train_unet_shapes"),
+    "cae-digits": ("cnnserve.demos.cae_digits", "train_cae_digits"),
+    "yolo-shapes": ("cnnserve.demos.yolo_shapes", "train_yolo_shapes"),
+}
 
 
 def _fail(message: str) -> typer.Exit:
@@ -109,14 +115,17 @@ def train(
     ] = None,
 ) -> None:
     """Train a shipped demo model reproducibly (fixed seed) and write its weights + training record."""
+    import importlib
+    import json
+
     if demo not in DEMOS:
         raise _fail(f"unknown demo {demo!r}; choose one of {', '.join(DEMOS)}")
     from export.weights import DEMO_WEIGHTS_DIR
 
-    from .demos.digits import train_lenet5_digits
-
-    record = train_lenet5_digits(output_dir or DEMO_WEIGHTS_DIR, log=typer.echo)
-    typer.echo(f"test accuracy: {record['test_accuracy']:.2%}")
+    module, function = DEMOS[demo]
+    trainer = getattr(importlib.import_module(module), function)
+    record = trainer(output_dir or DEMO_WEIGHTS_DIR, log=typer.echo)
+    typer.echo(json.dumps(record, indent=2))
 
 
 @app.command()
