@@ -32,6 +32,7 @@ def export_onnx(
     input_names: tuple[str, ...] = (INPUT_NAME,),
     output_names: tuple[str, ...],
     dynamic_hw: bool = False,
+    custom_translation_table: dict[Any, Any] | None = None,
 ) -> Path:
     """Export ``module(images, *extra)`` with a dynamic batch dimension (and optionally dynamic H, W).
 
@@ -52,6 +53,7 @@ def export_onnx(
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_shapes=dynamic_shapes,
+            custom_translation_table=custom_translation_table,
             verbose=False,
         )
     # Weights inside the file unless protobuf's 2 GB limit forces external data (ViT-H/14); the store copies both.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,14 @@ def parity_batch(in_channels: int, size: tuple[int, int], *, batch: int = 2, see
     return torch.rand(batch, in_channels, *size, generator=generator)
 
 
-def measure_parity(module: nn.Module, path: Path, inputs: tuple[torch.Tensor, ...] | torch.Tensor) -> float:
-    """max |ONNX − PyTorch| over every output, on CPU (deterministic, no TF32); inputs fed in graph order."""
+def measure_parity(
+    module: nn.Module,
+    path: Path,
+    inputs: tuple[torch.Tensor, ...] | torch.Tensor,
+    metric: Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float] | None = None,
+) -> float:
+    """max |ONNX − PyTorch| over every output (or ``metric(expected, got)``), on CPU (deterministic, no TF32);
+    inputs fed in graph order."""
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     with torch.no_grad():
         expected = module.eval()(*inputs)
@@ -29,6 +36,8 @@ def measure_parity(module: nn.Module, path: Path, inputs: tuple[torch.Tensor, ..
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {meta.name: value.numpy() for meta, value in zip(session.get_inputs(), inputs, strict=True)}
     got = session.run(None, feed)
+    if metric is not None:
+        return float(metric([e.numpy() for e in expected], got))
     return max(
         float(np.max(np.abs(g.astype(np.float64) - e.numpy().astype(np.float64)))) if g.size else 0.0
         for g, e in zip(got, expected, strict=True)

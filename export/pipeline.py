@@ -123,8 +123,9 @@ def export_model(
             input_names=(INPUT_NAME, *task.extra_inputs),
             output_names=task.outputs,
             dynamic_hw=task.dynamic_hw,
+            custom_translation_table=task.onnx_translations,
         )
-        parity = measure_parity(wrapped, path, (images, *extra))
+        parity = measure_parity(wrapped, path, (images, *extra), task.parity_metric)
         if not parity <= tolerance:
             raise ExportError(
                 f"{name}: ONNX output differs from PyTorch by {parity:.3g} (> {tolerance}); file not saved"

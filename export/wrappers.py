@@ -9,8 +9,11 @@ task has several wrappers (YOLO and Faster R-CNN are both detection); the export
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -68,13 +71,18 @@ class TaskExport:
     size_multiple: int = 1
     extra_inputs: dict[str, float] = field(default_factory=dict)
     parity_tolerance: float | None = None
+    # (expected outputs, onnxruntime outputs) → a distance, for outputs a plain max |Δ| does not fit (padded
+    # detections whose order may swap between near-equal scores).
+    parity_metric: Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float] | None = None
+    # Custom op translations for torch.onnx.export(custom_translation_table=...), e.g. an NMS op.
+    onnx_translations: dict[Any, Any] | None = None
 
 
 _TASKS: dict[str, TaskExport] = {}
 
 
 def register_task(key: str, export: TaskExport) -> None:
-    """Register the export of a task (``"classification"``) or of one model family (``"yolo"``)."""
+    """Register the export of a task (``"classification"``), a model family (``"yolo"``) or one model name."""
     if key in _TASKS:
         raise ValueError(f"an export for {key!r} is already registered")
     _TASKS[key] = export
@@ -84,9 +92,9 @@ register_task("classification", TaskExport(ClassifierExport, ("probabilities",))
 
 
 def export_for(spec: ModelSpec) -> TaskExport:
-    """The family's own export if it registered one, else its task's."""
+    """The model's own export if it registered one, else its family's, else its task's."""
     _load_task_modules()
-    export = _TASKS.get(spec.family) or _TASKS.get(spec.task)
+    export = _TASKS.get(spec.name) or _TASKS.get(spec.family) or _TASKS.get(spec.task)
     if export is None:
         raise NotImplementedError(f"export of {spec.task} models ({spec.name}) is not implemented")
     return export
