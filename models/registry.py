@@ -46,7 +46,8 @@ class ModelSpec:
 
     ``input_size`` is the tensor the network sees (H, W). ``resize_size`` is the shorter-side resize applied
     before the centre crop to ``input_size`` (the torchvision eval recipe); ``None`` means "resize straight to
-    ``input_size``" (small models such as LeNet-5 that see the whole image).
+    ``input_size``" (small models such as LeNet-5 that see the whole image). With ``max_size`` too, the image keeps
+    its aspect and is not cropped (detectors that take any size; ``input_size`` is then only the export example).
     """
 
     name: str
@@ -57,6 +58,9 @@ class ModelSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     resize_size: int | None = None
+    # Detection recipe (torchvision's GeneralizedRCNNTransform): with max_size set, the shorter side goes to
+    # resize_size unless the longer would pass max_size, the aspect is kept and nothing is cropped.
+    max_size: int | None = None
     interpolation: str = "bilinear"
     num_classes: int = 1000
     labels: tuple[str, ...] | None = None

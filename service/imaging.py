@@ -9,6 +9,7 @@ the ONNX graph, so every runtime that runs the file gets it right.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class Preprocess:
     input_size: tuple[int, int]
     in_channels: int = 3
     resize_size: int | None = None
+    max_size: int | None = None
     interpolation: str = "bilinear"
 
     @classmethod
@@ -45,6 +47,7 @@ class Preprocess:
             input_size=(int(spec["input_size"][0]), int(spec["input_size"][1])),
             in_channels=int(spec.get("in_channels", 3)),
             resize_size=spec.get("resize_size"),
+            max_size=spec.get("max_size"),
             interpolation=spec.get("interpolation", "bilinear"),
         )
 
@@ -118,11 +121,21 @@ def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
+def detection_resize_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """torchvision's detection resize: scale so the shorter side is ``min_size`` unless the longer side would pass
+    ``max_size``; the size is floored like ``interpolate(scale_factor=..., recompute_scale_factor=True)``."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
+
+
 def _resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
     out_h, out_w = pre.input_size
     resample = _RESAMPLE[pre.interpolation]
     if pre.resize_size is None:
         return img.resize((out_w, out_h), resample)
+    if pre.max_size is not None:  # keep the aspect, no crop: the model takes any size
+        new_h, new_w = detection_resize_size(img.height, img.width, pre.resize_size, pre.max_size)
+        return img if (new_w, new_h) == img.size else img.resize((new_w, new_h), resample)
     # torchvision Resize(int): the shorter side becomes resize_size, the longer keeps the aspect (truncated).
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
