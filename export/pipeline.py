@@ -36,7 +36,12 @@ __all__ = ["DEFAULT_EXPORTS", "PRECISIONS", "ExportError", "ExportResult", "expo
 logger = logging.getLogger("cnnserve.export")
 
 # What `make serve` exports when the store lacks it: (model name, weights). Demo weights ship in the repository.
-DEFAULT_EXPORTS: tuple[tuple[str, str], ...] = (("lenet5", "demo"),)
+DEFAULT_EXPORTS: tuple[tuple[str, str], ...] = (
+    ("lenet5", "demo"),
+    ("yolov1_shapes", "demo"),
+    ("unet", "demo"),
+    ("cae", "demo"),
+)
 PRECISIONS = ("fp32",)
 
 
@@ -135,6 +140,9 @@ def export_model(
             "weights": source,
             "precision": precision,
             "input_dtype": "float32",
+            "dynamic_hw": task.dynamic_hw,
+            "size_multiple": task.size_multiple,
+            "extra_inputs": task.extra_inputs,  # scalar graph inputs (thresholds) with their defaults
         }
         write_metadata(
             path,

@@ -100,7 +100,7 @@ def export_for(spec: ModelSpec) -> TaskExport:
 
 
 # Modules that register the other tasks' wrappers on import (kept beside the models they wrap).
-_TASK_MODULES: tuple[str, ...] = ()
+_TASK_MODULES: tuple[str, ...] = ("dense", "yolo", "rcnn")
 
 
 def _load_task_modules() -> None:

@@ -68,7 +68,7 @@ def _batched_nms_onnx(boxes, scores, idxs, iou_threshold):
         op.Unsqueeze(scores, [0, 1]),  # (1, 1, M): one class
         op.Constant(value_ints=[2**62]),  # no cap on the number kept
         op.Reshape(iou_threshold, [1]),
-    )  # (K, 3): batch, class, box index — sorted by score like torchvision's
+    )  # (K, 3): batch, class, box index (the order does not matter: the caller turns the kept set into a mask)
     return op.Reshape(op.Slice(selected, [2], [3], [1]), [-1])
 
 
@@ -89,6 +89,7 @@ def select_detections(
     n, k = scores.shape
     image = torch.arange(n, device=scores.device).view(n, 1).expand(n, k)
     groups = (image * num_classes + labels).reshape(-1)  # images and classes never suppress each other
+    iou_threshold = iou_threshold.clamp(0.0, 1.0)  # ONNX NonMaxSuppression fails outside [0, 1]
     keep = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), groups, iou_threshold)  # (M,) data-dependent
     kept = torch.zeros(n * k, dtype=torch.bool, device=scores.device).index_fill(0, keep, True).view(n, k)
     detected = kept & (scores > score_threshold)  # (N, K)

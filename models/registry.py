@@ -108,6 +108,10 @@ _FAMILY_MODULES = (
     "densenet",
     "efficientnet",
     "vit",
+    "unet",
+    "cae",
+    "yolo",
+    "rcnn",
 )
 _loaded = False
 

@@ -22,6 +22,7 @@ from cnnserve.demos.yolo_shapes import (
     average_precision,
     evaluate,
     mean_average_precision,
+    shapes_batch,
     train_yolo_shapes,
 )
 from export import export_model
@@ -141,9 +142,9 @@ def test_the_lambda_weights_matter() -> None:
     target = encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE)[None]
     pred = _perfect_prediction(target[0])
     off_box = pred.clone()
-    off_box[0, 1, 1, 0] += 0.2  # x of the responsible box
-    base = yolo_loss(off_box, target, S=S, B=B, C=C, lambda_coord=1.0).item()
-    assert yolo_loss(off_box, target, S=S, B=B, C=C, lambda_coord=5.0).item() > 4 * base
+    off_box[0, 1, 1, 0] += 0.2  # x of the responsible box: (0.2)² weighted by λcoord (its IoU term is not)
+    by_lambda = {lam: yolo_loss(off_box, target, S=S, B=B, C=C, lambda_coord=lam).item() for lam in (1.0, 5.0)}
+    assert by_lambda[5.0] - by_lambda[1.0] == pytest.approx(4 * 0.2**2)
     empty_cell = pred.clone()
     empty_cell[0, 0, 0, 4] = 1.0  # confident box in a cell with no object: 0.5 · 1²
     assert yolo_loss(empty_cell, target, S=S, B=B, C=C).item() == pytest.approx(0.5)
@@ -191,8 +192,6 @@ def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: Path, batch: 
     model, _ = _demo()
     wrapped = YoloExport(model, models.get_spec(MODEL)).eval()
     session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
-    from cnnserve.demos.yolo_shapes import shapes_batch
-
     images = torch.from_numpy(shapes_batch(make_dataset(batch, seed=777)))
     counts = {}
     for score, iou in ((0.25, 0.45), (0.05, 0.45), (0.05, 0.9), (0.9, 0.45)):
@@ -211,8 +210,6 @@ def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: Path, batch: 
 
 def test_padded_rows_are_zeros(demo_onnx: Path) -> None:
     session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
-    from cnnserve.demos.yolo_shapes import shapes_batch
-
     images = torch.from_numpy(shapes_batch(make_dataset(2, seed=778)))
     boxes, scores, labels, counts = _onnx_detections(session, images, 0.25, 0.45)
     for i, n in enumerate(counts):
@@ -220,13 +217,29 @@ def test_padded_rows_are_zeros(demo_onnx: Path) -> None:
         assert not boxes[i, n:].any() and not scores[i, n:].any() and not labels[i, n:].any()
 
 
+def test_an_iou_threshold_outside_0_1_is_clamped_not_an_error(demo_onnx: Path) -> None:
+    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
+    images = torch.from_numpy(shapes_batch(make_dataset(2, seed=779)))
+    for outside, inside in ((1.5, 1.0), (-0.5, 0.0)):
+        got, expected = (_onnx_detections(session, images, 0.05, iou) for iou in (outside, inside))
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(g, e)
+
+
 @pytest.mark.slow
 def test_yolov1_exports_at_448_with_random_weights(tmp_path: Path) -> None:
-    result = export_model("yolov1", weights="random", save=False, output=tmp_path / "yolov1.onnx")
+    result = export_model("yolov1", weights="random", save=False, output=tmp_path / "yolov1.onnx", seed=0)
     assert result.parity <= 1e-3
+    torch.manual_seed(0)  # the exporter's seeded "random" weights
+    wrapped = YoloExport(models.build_model("yolov1").eval(), models.get_spec("yolov1")).eval()
     session = ort.InferenceSession(str(tmp_path / "yolov1.onnx"), providers=["CPUExecutionProvider"])
-    out = _onnx_detections(session, torch.rand(1, 3, 448, 448), 0.0, 0.45)
-    assert out[0].shape == (1, 100, 4)
+    images = torch.rand(1, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    got = _onnx_detections(session, images, 0.0, 0.45)  # threshold 0: random weights still give detections
+    with torch.no_grad():
+        expected = [t.numpy() for t in wrapped(images, torch.tensor(0.0), torch.tensor(0.45))]
+    assert got[0].shape == (1, 100, 4) and got[3][0] > 0
+    for g, e in zip(got, expected, strict=True):
+        assert np.abs(g.astype(np.float64) - e).max() <= 1e-3
 
 
 # --- the shapes demo ---------------------------------------------------------------------------------------
