@@ -10,14 +10,14 @@ The file reads top to bottom like torchvision's ``faster_rcnn.py``: backbone (:c
 with frozen batch norm — and :class:`FeaturePyramidNetwork`), :class:`RegionProposalNetwork`
 (:class:`AnchorGenerator`, :class:`RPNHead`), :class:`RoIHeads` (:class:`MultiScaleRoIAlign`, :class:`TwoMLPHead`,
 :class:`FastRCNNPredictor`, and for masks :class:`MaskRCNNHeads`, :class:`MaskRCNNPredictor`), composed by
-:class:`FasterRCNN`. Module names follow torchvision so its COCO checkpoints load with ``strict=True``
-(:func:`adapt_state_dict` renames the two legacy keys those files still use).
+:class:`FasterRCNN` (:class:`MaskRCNN` when the heads carry masks). Module names follow torchvision so its COCO
+checkpoints load with ``strict=True`` (:func:`adapt_state_dict` renames the legacy keys those files still use).
 
 What differs from torchvision is the shape of the computation, not the arithmetic: every tensor after the backbone
 has a fixed size per image, so ``torch.onnx.export(dynamo=True)`` sees no data-dependent shapes. The RPN keeps
 exactly ``pre_nms_top_n`` candidates per level (a level with fewer anchors is padded with −inf scores) and
 ``post_nms_top_n`` proposals per image; removed candidates keep their slot with score −inf. NMS runs as one
-:func:`batched_nms` call per stage — each row of its input (an image's level, or an image's class) is an
+:func:`rowwise_nms` call per stage — each row of its input (an image's level, or an image's class) is an
 independent torchvision NMS — and answers a keep mask of the input's shape. The detections come out padded to
 ``detections_per_img``. RoIAlign and NMS themselves are torchvision.ops.
 
@@ -48,7 +48,7 @@ from .registry import ModelSpec, register_model
 from .resnet import resnet50
 
 __all__ = [
-    "batched_nms",
+    "rowwise_nms",
     "BoxCoder",
     "ResNetBody",
     "FeaturePyramidNetwork",
@@ -63,6 +63,7 @@ __all__ = [
     "MaskRCNNPredictor",
     "RoIHeads",
     "FasterRCNN",
+    "MaskRCNN",
     "adapt_state_dict",
     "coco_categories",
     "fasterrcnn_resnet50_fpn",
@@ -83,8 +84,8 @@ def coco_categories() -> tuple[str, ...]:
 # --- NMS as one operator with a fixed-shape answer --------------------------------------------------------------
 
 
-@torch.library.custom_op("cnnserve::batched_nms", mutates_args=())
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: torch.Tensor) -> torch.Tensor:
+@torch.library.custom_op("cnnserve::rowwise_nms", mutates_args=())
+def rowwise_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: torch.Tensor) -> torch.Tensor:
     """Greedy NMS independently in every row: boxes ``(B, S, 4)``, scores ``(B, S)`` → keep mask ``(B, S)``.
 
     A box is dropped when it overlaps a better-scoring kept box of its row with IoU > ``iou_threshold`` (a 0-d
@@ -101,7 +102,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: torch.
     return keep
 
 
-@batched_nms.register_fake
+@rowwise_nms.register_fake
 def _(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(scores, dtype=torch.bool)
 
@@ -179,11 +180,16 @@ def freeze_batch_norm(module: nn.Module, eps: float) -> nn.Module:
 class ResNetBody(nn.Module):
     """Our ResNet-50 (``models/resnet.py``) without its pooling and classifier: the stem and four stages, answering
     C2–C5 at strides 4, 8, 16, 32 with 256, 512, 1024, 2048 channels. Batch norm is frozen, with ``eps`` 0 as in
-    the published COCO checkpoints (torchvision's builder overwrites their eps to 0.0 the same way)."""
+    the published COCO checkpoints (torchvision's builder overwrites their eps to 0.0 the same way).
+
+    Frozen statistics cannot tame a *random* network: its activations would grow to ~10² through the sixteen
+    blocks, saturating every score and letting float noise decide the detections. So random weights start each
+    residual block as the identity (``zero_init_residual``, Goyal et al. 2017); any checkpoint overwrites this.
+    """
 
     def __init__(self, *, bn_eps: float = 0.0) -> None:
         super().__init__()
-        resnet = freeze_batch_norm(resnet50(), bn_eps)
+        resnet = freeze_batch_norm(resnet50(zero_init_residual=True), bn_eps)
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
         self.out_channels = (256, 512, 1024, 2048)
@@ -329,7 +335,7 @@ class RegionProposalNetwork(nn.Module):
         objectness, deltas = self.head(features)
         anchors = self.anchor_generator(features, padded_size)
         level_boxes, level_scores = [], []
-        for logits, level_deltas, level_anchors in zip(objectness, deltas, anchors):
+        for logits, level_deltas, level_anchors in zip(objectness, deltas, anchors, strict=True):
             n, _, h, w = logits.shape
             logits = logits.permute(0, 2, 3, 1).reshape(n, -1)  # (N, h·w·A): row, column, anchor
             level_deltas = level_deltas.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)  # (N, h·w·A, 4)
@@ -348,7 +354,7 @@ class RegionProposalNetwork(nn.Module):
         scores = torch.stack(level_scores, dim=1)  # (N, L, K)
         n, num_levels, k = scores.shape
         threshold = torch.tensor(self.nms_thresh, dtype=torch.float32)
-        keep = batched_nms(boxes.reshape(n * num_levels, k, 4), scores.reshape(n * num_levels, k), threshold)
+        keep = rowwise_nms(boxes.reshape(n * num_levels, k, 4), scores.reshape(n * num_levels, k), threshold)
         scores = torch.where(keep.view(n, num_levels, k), scores, NEG_INF).reshape(n, num_levels * k)
         top_scores, index = scores.topk(self.post_nms_top_n, dim=1)  # (N, post_nms_top_n), best first
         proposals = _gather_rows(boxes.reshape(n, num_levels * k, 4), index)
@@ -386,7 +392,7 @@ class MultiScaleRoIAlign(nn.Module):
         rois = torch.cat([image_index, boxes], dim=2).reshape(n * k, 5)  # (N·K, 5): image, x1, y1, x2, y2
         levels = self.levels(rois[:, 1:])
         pooled = rois.new_zeros((n * k, features[0].shape[1], *self.output_size))
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
             (index,) = torch.nonzero(levels == level, as_tuple=True)
             level_pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
             pooled = pooled.index_copy(0, index, level_pooled)
@@ -502,7 +508,7 @@ class RoIHeads(nn.Module):
         boxes = boxes.transpose(1, 2)  # (N, C, K, 4): one NMS row per image and class
         scores = torch.where(candidate, scores, NEG_INF).transpose(1, 2)  # (N, C, K)
         num_classes = scores.shape[1]
-        keep = batched_nms(boxes.reshape(n * num_classes, k, 4), scores.reshape(n * num_classes, k), iou_threshold)
+        keep = rowwise_nms(boxes.reshape(n * num_classes, k, 4), scores.reshape(n * num_classes, k), iou_threshold)
         scores = torch.where(keep.view(n, num_classes, k), scores, NEG_INF).reshape(n, num_classes * k)
         top_scores, index = scores.topk(self.detections_per_img, dim=1)  # (N, D), best first
         found = top_scores > NEG_INF
@@ -561,7 +567,12 @@ class FasterRCNN(nn.Module):
             iou_threshold = self.roi_heads.nms_thresh
         if not isinstance(iou_threshold, torch.Tensor):
             iou_threshold = torch.tensor(iou_threshold, dtype=torch.float32)
+        iou_threshold = iou_threshold.clamp(0.0, 1.0)  # ONNX's NonMaxSuppression refuses values outside [0, 1]
         return self.roi_heads(features[:4], proposals, valid, image_size, score_threshold, iou_threshold)
+
+
+class MaskRCNN(FasterRCNN):
+    """Faster R-CNN whose RoI heads carry the mask branch (He et al. 2017): it also answers ``masks``."""
 
 
 # --- checkpoints, variants, builders ---------------------------------------------------------------------------
@@ -624,6 +635,7 @@ def _spec(name: str) -> ModelSpec:
         # The exporter's example/parity size (any H, W works); serving resizes the shorter side to 800.
         input_size=(320, 416),
         resize_size=800,
+        max_size=1333,
         num_classes=91,
         labels=coco_categories(),
         torchvision=name,
@@ -671,7 +683,7 @@ def _rcnn(
         detections_per_img=box_detections_per_img,
         **masks,
     )
-    return FasterRCNN(backbone, rpn, roi_heads)
+    return (MaskRCNN if variant.masks else FasterRCNN)(backbone, rpn, roi_heads)
 
 
 @register_model(_spec("fasterrcnn_resnet50_fpn"))
@@ -680,5 +692,5 @@ def fasterrcnn_resnet50_fpn(**kwargs: Any) -> FasterRCNN:
 
 
 @register_model(_spec("maskrcnn_resnet50_fpn"))
-def maskrcnn_resnet50_fpn(**kwargs: Any) -> FasterRCNN:
+def maskrcnn_resnet50_fpn(**kwargs: Any) -> MaskRCNN:
     return _rcnn("maskrcnn_resnet50_fpn", **kwargs)

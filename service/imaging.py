@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput, PayloadTooLarge
 
-__all__ = ["Preprocess", "decode_image", "to_model_mode", "preprocess", "load_image_file"]
+__all__ = ["Preprocess", "decode_image", "detection_resize_size", "to_model_mode", "preprocess", "load_image_file"]
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -121,7 +121,7 @@ def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def detection_resize_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+def detection_resize_size(height: int, width: int, min_size: int = 800, max_size: int = 1333) -> tuple[int, int]:
     """torchvision's detection resize: scale so the shorter side is ``min_size`` unless the longer side would pass
     ``max_size``; the size is floored like ``interpolate(scale_factor=..., recompute_scale_factor=True)``."""
     scale = min(min_size / min(height, width), max_size / max(height, width))
