@@ -39,7 +39,6 @@ logger = logging.getLogger("cnnserve.export")
 DEFAULT_EXPORTS: tuple[tuple[str, str], ...] = (
     ("lenet5", "demo"),
     ("yolov1_shapes", "demo"),
-    ("unet", "demo"),
     ("cae", "demo"),
 )
 PRECISIONS = ("fp32",)

@@ -66,8 +66,8 @@ class ConvAutoencoder(nn.Module):
         self,
         *,
         in_channels: int = 1,
-        channels: tuple[int, ...] = (32, 64, 128),
-        latent_dim: int = 16,
+        channels: tuple[int, ...] = (16, 32, 64),
+        latent_dim: int = 8,
         input_size: tuple[int, int] = (32, 32),
     ) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class ConvAutoencoder(nn.Module):
         self.encoder = nn.Sequential(*(EncoderBlock(widths[i], widths[i + 1]) for i in range(len(channels))))
         self.to_latent = nn.Linear(features, latent_dim)
         self.from_latent = nn.Sequential(nn.Linear(latent_dim, features), nn.ReLU(inplace=True))
-        # Mirror of the encoder: (128 → 64), (64 → 32), (32 → 32) for channels (32, 64, 128).
+        # Mirror of the encoder: (64 → 32), (32 → 16), (16 → 16) for channels (16, 32, 64).
         decoder_in = channels[::-1]
         decoder_out = (*channels[::-1][1:], channels[0])
         self.decoder = nn.Sequential(*(DecoderBlock(i, o) for i, o in zip(decoder_in, decoder_out, strict=True)))
@@ -112,14 +112,14 @@ class ConvAutoencoder(nn.Module):
         std=(1.0,),
         num_classes=0,
         labels=None,
-        description="Denoising convolutional autoencoder, 32×32 grey, 16-number bottleneck (demo: digits 0–7)",
+        description="Denoising convolutional autoencoder, 32×32 grey, 8-number bottleneck (demo: digits 0–7)",
     )
 )
 def cae(
     *,
     in_channels: int = 1,
-    channels: tuple[int, ...] = (32, 64, 128),
-    latent_dim: int = 16,
+    channels: tuple[int, ...] = (16, 32, 64),
+    latent_dim: int = 8,
     input_size: tuple[int, int] = (32, 32),
 ) -> ConvAutoencoder:
     return ConvAutoencoder(in_channels=in_channels, channels=channels, latent_dim=latent_dim, input_size=input_size)

@@ -169,6 +169,4 @@ def unet(
     depth: int = 4,
     padding: str = "same",
 ) -> UNet:
-    return UNet(
-        in_channels=in_channels, num_classes=num_classes, base_width=base_width, depth=depth, padding=padding
-    )
+    return UNet(in_channels=in_channels, num_classes=num_classes, base_width=base_width, depth=depth, padding=padding)

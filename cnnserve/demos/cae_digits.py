@@ -141,7 +141,6 @@ def train_cae_digits(
     log=print,
     epochs: int = EPOCHS,
     lr: float = 2e-3,
-    latent_dim: int | None = None,
 ) -> dict:
     """Train the ``cae`` demo reproducibly on 2 CPU cores; write ``cae.safetensors`` + ``cae.json``."""
     import torch
@@ -155,8 +154,7 @@ def train_cae_digits(
     generator = torch.Generator().manual_seed(seed)
     data = _split_tensors()
     x_train = data["train"]
-    overrides = {} if latent_dim is None else {"latent_dim": latent_dim}
-    model = build_model("cae", **overrides)  # mean 0, std 1: the graph's normalisation is the identity
+    model = build_model("cae")  # mean 0, std 1: the graph's normalisation is the identity
     n = len(x_train)
     steps_per_epoch = (n + BATCH - 1) // BATCH
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -187,7 +185,7 @@ def train_cae_digits(
         "model": "cae",
         "dataset": "sklearn-digits-0to7",
         "split": f"digits_split(): stratified, test_size={TEST_FRACTION}, random_state={SPLIT_SEED}; "
-        f"training on the train part's digits {NORMAL_DIGITS[0]}–{NORMAL_DIGITS[-1]} only",
+        f"training on the train part's digits {NORMAL_DIGITS[0]}-{NORMAL_DIGITS[-1]} only",
         "train_images": int(n),
         "test_images": metrics["test_normal_images"],
         "anomaly_images": metrics["anomaly_images"],
