@@ -150,7 +150,7 @@ def test_anomaly_separates_held_out_digits(server) -> None:
         ("/detect", "lenet5"),
         ("/classify", "yolov1_shapes"),
         ("/segment", "cae"),
-        ("/denoise", "unet"),
+        ("/denoise", "yolov1_shapes"),
         ("/anomaly", "resnet18"),
     ],
 )
