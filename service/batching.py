@@ -50,7 +50,6 @@ class ModelBatcher:
             get_batch_size=lambda _job: 1,
         )
         self._call = self._dispatcher(self._run_batch)
-        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and /models
 
     def _overloaded(self) -> None:
         raise ModelUnavailable(
@@ -61,7 +60,6 @@ class ModelBatcher:
         # The dispatcher counts requests; each request is one image, so this never exceeds max_batch_size.
         if len(jobs) > self.max_batch_size:
             raise RuntimeError(f"dispatcher formed a batch of {len(jobs)} > max_batch_size {self.max_batch_size}")
-        self.batch_sizes = [*self.batch_sizes[-99:], len(jobs)]
         # Requests share one onnxruntime call only when they fit one tensor and one set of scalar inputs
         # (detection thresholds): group them, keep each request's position for its answer.
         groups: dict[tuple, list[int]] = {}

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput, PayloadTooLarge
 
-__all__ = ["Preprocess", "decode_image", "detection_resize_size", "to_model_mode", "preprocess", "load_image_file"]
+__all__ = ["Preprocess", "decode_image", "detection_resize_size", "to_model_mode", "preprocess"]
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -164,8 +164,3 @@ def preprocess(img: Image.Image, pre: Preprocess) -> np.ndarray:
     img = _resize_crop(to_model_mode(img, pre.in_channels), pre)
     arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     return arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def load_image_file(path: str, *, max_pixels: int = 50_000_000) -> Image.Image:
-    with open(path, "rb") as f:
-        return decode_image(f.read(), max_pixels=max_pixels)
