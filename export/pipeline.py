@@ -40,6 +40,7 @@ DEFAULT_EXPORTS: tuple[tuple[str, str], ...] = (
     ("lenet5", "demo"),
     ("yolov1_shapes", "demo"),
     ("cae", "demo"),
+    ("unet", "demo"),
 )
 PRECISIONS = ("fp32",)
 

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def model_store() -> dict[str, str]:
-    """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE) and a
+    """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE, U-Net) and a
     seeded random ResNet-18, plus a deliberately broken entry (a truncated ONNX file) to prove that one bad model
     does not stop the others."""
     from export import export_model
@@ -44,6 +44,7 @@ def model_store() -> dict[str, str]:
         "resnet18": export_model("resnet18", weights="random").tag,
         "yolov1_shapes": export_model("yolov1_shapes", weights="demo").tag,
         "cae": export_model("cae", weights="demo").tag,
+        "unet": export_model("unet", weights="demo").tag,
     }
     broken = _SESSION_DIR / "broken" / "model.onnx"
     broken.parent.mkdir(parents=True)
@@ -103,7 +104,7 @@ def server(model_store: dict[str, str]) -> Iterator[Server]:
     """One `bentoml serve` for the session: the test models, the broken entry and a tag that is not in the store."""
     srv = start_server(
         {
-            "CNNSERVE_MODELS": "lenet5,resnet18,yolov1_shapes,cae,broken,not-exported",
+            "CNNSERVE_MODELS": "lenet5,resnet18,yolov1_shapes,cae,unet,broken,not-exported",
             "CNNSERVE_MAX_UPLOAD_MB": "2",
         },
         _SESSION_DIR / "serve.log",

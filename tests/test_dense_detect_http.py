@@ -88,6 +88,35 @@ def test_detect_thresholds_and_limits(server, scenes) -> None:
         assert response.status_code == 400 and response.json()["error"], bad
 
 
+def _mask(body: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))))
+
+
+def test_segment_reaches_the_target_mean_iou(server, scenes) -> None:
+    confusion = np.zeros((4, 4), dtype=np.int64)
+    for image, mask, _, _ in scenes:
+        response = _post(server, "/segment", _png(image), model="unet")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["kind"] == "semantic"
+        predicted = _mask(body)
+        assert predicted.shape == mask.shape  # the upload's exact size
+        counts = {c["index"]: c["pixels"] for c in body["classes"]}
+        assert sum(counts.values()) == mask.size
+        assert counts == {int(k): int(v) for k, v in zip(*np.unique(predicted, return_counts=True), strict=True)}
+        confusion += np.bincount(mask.reshape(-1) * 4 + predicted.reshape(-1), minlength=16).reshape(4, 4)
+    iou = np.diag(confusion) / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))
+    assert iou.mean() >= 0.85, iou
+
+
+def test_segment_overlay_is_a_picture_of_the_upload(server, scenes) -> None:
+    image = scenes[1][0]
+    body = _post(server, "/segment", _png(image), model="unet", overlay="true").json()
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"])))
+    assert overlay.size == (image.shape[1], image.shape[0]) and overlay.mode == "RGB"
+    assert "overlay" not in _post(server, "/segment", _png(image), model="unet").json()
+
+
 def _noisy_and_clean_digits(count: int, sigma: float = 0.2) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Test-split digits 0–7 at the model's 32×32 (as the service resizes them), plus Gaussian noise σ."""
     from service.imaging import Preprocess, preprocess
@@ -159,7 +188,7 @@ def test_a_model_of_the_wrong_task_is_a_400(server, route: str, model: str) -> N
     assert response.status_code == 400 and "model" in response.json()["error"]
 
 
-@pytest.mark.parametrize("route", ["/detect", "/denoise", "/anomaly"])
+@pytest.mark.parametrize("route", ["/detect", "/segment", "/denoise", "/anomaly"])
 @pytest.mark.parametrize(
     ("payload", "status"),
     [(b"", 400), (b"not an image", 400), (None, 200)],
@@ -170,10 +199,3 @@ def test_every_endpoint_handles_bad_and_tiny_images(server, route: str, payload,
     response = _post(server, route, data)
     assert response.status_code == status, response.text
 
-
-def test_segment_without_a_segmentation_model_is_a_clear_404(server) -> None:
-    response = _post(server, "/segment", _png(np.zeros((8, 8, 3), dtype=np.uint8)))
-    assert (
-        response.status_code == 404
-        and "no semantic_segmentation or instance_segmentation model" in response.json()["error"]
-    )

@@ -107,16 +107,16 @@ def test_cae_reconstruction_is_in_unit_range_with_the_input_shape() -> None:
 
 
 def test_unet_export_parity_and_dynamic_size(tmp_path: Path) -> None:
-    result = export_model("unet", weights="random", save=False, output=tmp_path / "unet.onnx")
+    result = export_model("unet", weights="demo", save=False, output=tmp_path / "unet.onnx")
     assert result.parity <= 1e-4
     meta = read_metadata(tmp_path / "unet.onnx")
     assert meta["cnnserve.spec"]["task"] == "semantic_segmentation"
+    assert meta["cnnserve.spec"]["weights"] == "demo:synthetic-shapes"
     session = ort.InferenceSession(str(tmp_path / "unet.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits"]
-    torch.manual_seed(0)  # export_model's seed for random weights
-    model = build_model("unet").eval()
+    model, _ = _demo("unet")
     mean = torch.tensor(0.5).view(1, 1, 1, 1)
-    for size in [(128, 128), (96, 160)]:
+    for size in [(128, 128), (96, 160)]:  # H and W are dynamic in the graph
         x = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(1))
         (logits,) = session.run(None, {"images": x.numpy()})
         assert logits.shape == (3, 4, *size)
@@ -140,6 +140,17 @@ def test_cae_export_parity_error_output_and_threshold(tmp_path: Path) -> None:
 
 
 # --- shipped demo weights ------------------------------------------------------------------------------------
+
+
+def test_unet_demo_meets_its_target_and_reproduces_its_record() -> None:
+    from cnnserve.demos.unet_shapes import evaluate
+
+    model, record = _demo("unet")
+    assert record["dataset"] == "synthetic-shapes"
+    assert record["mean_iou"] >= MIOU_TARGET
+    measured = evaluate(model)  # freshly generated make_dataset(200, seed=HELD_OUT_SEED)
+    assert measured["mean_iou"] == pytest.approx(record["mean_iou"], abs=1e-3)
+    assert measured["mean_iou"] >= MIOU_TARGET
 
 
 def test_cae_demo_meets_its_targets_and_reproduces_its_record() -> None:

@@ -2,9 +2,9 @@
 
 The digits go through the service's own pre-processing (``service.imaging.preprocess``: 8×8 grey → bilinear
 32×32, [0, 1]) and the LeNet-5 demo's fixed split (``digits_split``); only the 0–7 images of its training part
-are ever shown to the model. Inputs get Gaussian noise (σ drawn per image from [0, ``MAX_SIGMA``], clipped to
-[0, 1]) and the target is the clean digit, so the one network serves ``/denoise`` and, through the per-image
-reconstruction error of the *clean* upload, ``/anomaly``.
+are ever shown to the model, shifted by up to a pixel. Inputs get Gaussian noise (σ drawn per image from
+[0, ``MAX_SIGMA``], clipped to [0, 1]) and the target is the clean digit, so the one network serves ``/denoise``
+and, through the per-image reconstruction error of the *clean* upload, ``/anomaly``.
 
 Measured on data the model never saw: the AUROC of that error separating every 8 and 9 of the data set (train
 and test parts alike — none was used for training) from the test split's 0–7, and the PSNR of noisy and of
@@ -43,6 +43,7 @@ MAX_SIGMA = 0.3
 THRESHOLD_PERCENTILE = 99.0
 NOISE_SEED = 2024  # the evaluation noise: the same noisy test digits on every run
 EPOCHS = 60
+SHIFT = 1
 BATCH = 64
 
 
@@ -167,6 +168,12 @@ def train_cae_digits(
         total = 0.0
         for i in range(0, n, BATCH):
             clean = x_train[order[i : i + BATCH]]
+            # Shift the batch by up to ±SHIFT pixels: uploads are not centred like the data set, and without it the
+            # network fits the training digits' exact positions, so the 99th-percentile threshold of their errors
+            # flags ~16 % of unseen normal digits (~4 % with it; the AUROC hardly moves).
+            padded = F.pad(clean, (SHIFT,) * 4, mode="replicate")
+            dy, dx = torch.randint(0, 2 * SHIFT + 1, (2,), generator=generator).tolist()
+            clean = padded[:, :, dy : dy + clean.shape[-2], dx : dx + clean.shape[-1]]
             sigma = torch.rand(len(clean), generator=generator) * MAX_SIGMA
             loss = F.mse_loss(model(add_noise(clean, sigma, generator)), clean)
             optimizer.zero_grad()
@@ -191,6 +198,7 @@ def train_cae_digits(
         "anomaly_images": metrics["anomaly_images"],
         "anomalies": "every 8 and 9 of the data set (train and test parts; none used in training)",
         "noise": f"Gaussian, sigma ~ U(0, {MAX_SIGMA}) per image, clipped to [0, 1]; target = clean",
+        "augmentation": f"random shift of up to {SHIFT} pixel per batch (replicate padding)",
         "epochs": epochs,
         "batch_size": BATCH,
         "seed": seed,

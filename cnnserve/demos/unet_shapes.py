@@ -18,14 +18,22 @@ from PIL import Image
 
 from .shapes import CLASSES, HELD_OUT_SEED, TRAIN_SEED, make_dataset
 
-__all__ = ["TRAIN_SCENES", "HELD_OUT_SCENES", "shapes_batch", "confusion_matrix", "mean_iou", "train_unet_shapes"]
+__all__ = [
+    "TRAIN_SCENES",
+    "HELD_OUT_SCENES",
+    "shapes_batch",
+    "confusion_matrix",
+    "mean_iou",
+    "predict",
+    "evaluate",
+    "dice_loss",
+    "train_unet_shapes",
+]
 
 TRAIN_SCENES = 2000
 HELD_OUT_SCENES = 200
-STEPS = 1500
+STEPS = 400
 BATCH = 16
-CROP = 64
-FULL_SIZE_STEPS = 200
 
 
 def _spec():
@@ -82,20 +90,28 @@ def evaluate(model, *, n: int = HELD_OUT_SCENES, seed: int = HELD_OUT_SEED) -> d
     return {"mean_iou": m, "iou": dict(zip(CLASSES, per_class, strict=True))}
 
 
-def _augment(x, y, generator, crop: int | None):
-    """A random element of the dihedral group (rot90 × flip) for the batch, then a random crop per image."""
+def _augment(x, y, generator):
+    """One random element of the dihedral group (rot90 × flip) for the whole batch: every class maps onto itself."""
     import torch
 
     k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
     x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
     if flip % 2:
         x, y = x.flip(3), y.flip(2)
-    if crop is None or crop >= x.shape[-1]:
-        return x, y
-    top, left = torch.randint(0, x.shape[-1] - crop + 1, (2, len(x)), generator=generator).tolist()
-    x = torch.stack([img[:, t : t + crop, s : s + crop] for img, t, s in zip(x, top, left, strict=True)])
-    y = torch.stack([m[t : t + crop, s : s + crop] for m, t, s in zip(y, top, left, strict=True)])
     return x, y
+
+
+def dice_loss(logits, target, eps: float = 1.0):
+    """1 − mean over classes of the soft Dice coefficient over the batch: a differentiable stand-in for mean IoU
+    that weighs every class alike, however few pixels it has (shapes cover ~11 % of a scene)."""
+    import torch
+    import torch.nn.functional as F
+
+    probs = torch.softmax(logits, dim=1)  # (N, K, H, W)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)  # (N, K, H, W)
+    intersection = (probs * onehot).sum(dim=(0, 2, 3))
+    total = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    return 1.0 - ((2 * intersection + eps) / (total + eps)).mean()
 
 
 def train_unet_shapes(
@@ -105,16 +121,14 @@ def train_unet_shapes(
     log=print,
     steps: int = STEPS,
     batch_size: int = BATCH,
-    crop: int | None = CROP,
-    full_size_steps: int = FULL_SIZE_STEPS,
     scenes: int = TRAIN_SCENES,
-    base_width: int = 16,
     lr: float = 3e-3,
 ) -> dict:
     """Train the ``unet`` demo reproducibly on 2 CPU cores; write ``unet.safetensors`` + ``unet.json``.
 
-    ``steps`` optimiser steps of ``batch_size`` scenes; all but the last ``full_size_steps`` see random
-    ``crop``×``crop`` windows (4× cheaper at 64 than the whole 128×128 scene), the last ones whole scenes.
+    ``steps`` AdamW steps (one-cycle learning rate) of ``batch_size`` whole scenes; the loss is cross-entropy
+    plus soft Dice. Cross-entropy alone spends its gradient on the background (~89 % of the pixels) and, in the
+    same budget, leaves the shapes' classes confused (mean IoU ~0.78 instead of ~0.98).
     """
     import torch
     import torch.nn.functional as F
@@ -131,7 +145,7 @@ def train_unet_shapes(
     log(f"{scenes} training scenes generated in {time.perf_counter() - start:.1f} s")
 
     # channels_last: ~25 % faster convolutions on CPU; the weights (and the exported graph) do not depend on it.
-    model = build_model("unet", base_width=base_width).to(memory_format=torch.channels_last)
+    model = build_model("unet").to(memory_format=torch.channels_last)
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -144,16 +158,17 @@ def train_unet_shapes(
             order, cursor = torch.randperm(scenes, generator=generator), 0
         idx = order[cursor : cursor + batch_size]
         cursor += batch_size
-        x, y = _augment(x_all[idx], y_all[idx], generator, crop if step < steps - full_size_steps else None)
+        x, y = _augment(x_all[idx], y_all[idx], generator)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y) + dice_loss(logits, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
         total += loss.item()
-        if (step + 1) % 100 == 0:
-            log(f"step {step + 1}/{steps}: loss {total / 100:.4f} ({time.perf_counter() - start:.0f} s)")
+        if (step + 1) % 50 == 0:
+            log(f"step {step + 1}/{steps}: loss {total / 50:.4f} ({time.perf_counter() - start:.0f} s)")
             total = 0.0
     seconds = time.perf_counter() - start
 
@@ -166,10 +181,11 @@ def train_unet_shapes(
         "train_scenes": f"make_dataset({scenes}, seed={TRAIN_SEED})",
         "held_out_scenes": f"make_dataset({HELD_OUT_SCENES}, seed={HELD_OUT_SEED})",
         "classes": list(CLASSES),
-        "base_width": base_width,
+        "base_width": model.inc.block[0].out_channels,
         "steps": steps,
         "batch_size": batch_size,
-        "crop": f"random {crop}x{crop} windows, then {full_size_steps} steps on whole scenes" if crop else None,
+        "loss": "cross-entropy + soft Dice (mean over the 4 classes)",
+        "optimizer": f"AdamW, one-cycle lr max {lr}, weight decay 1e-4",
         "augmentation": "random 90-degree rotation and flip per batch",
         "seed": seed,
         "mean_iou": round(metrics["mean_iou"], 4),
