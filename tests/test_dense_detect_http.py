@@ -198,4 +198,3 @@ def test_every_endpoint_handles_bad_and_tiny_images(server, route: str, payload,
     data = payload if payload is not None else _png(np.full((1, 1, 3), 200, dtype=np.uint8))
     response = _post(server, route, data)
     assert response.status_code == status, response.text
-
