@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .codecs import colour_overlay, heat_map, png_base64
+from .codecs import colour_overlay, draw_detections, heat_map, png_base64
 from .errors import BadInput
 from .postprocess import check_top_k, rank_classes
 from .runtime import LoadedModel
@@ -27,6 +27,7 @@ class AnswerOptions:
     overlay: bool = False  # semantic segmentation: also a colour overlay PNG
     heatmap: bool = False  # anomaly: also a per-pixel error heat map PNG
     max_detections: int = 100
+    render: bool = False  # detection, instance segmentation: also the upload with boxes/masks drawn (PNG)
 
 
 def scale_boxes(boxes: np.ndarray, tensor_hw: tuple[int, int], upload_wh: tuple[int, int]) -> np.ndarray:
@@ -128,7 +129,10 @@ def answer_for(
         return {"model": model.name, "predictions": rank_classes(outputs["probabilities"], k, model.labels)}
     if model.task == "detection":
         found, _ = detections(model, outputs, tensor_hw, upload.size, options.max_detections)
-        return {"model": model.name, "width": upload.width, "height": upload.height, "detections": found}
+        answer = {"model": model.name, "width": upload.width, "height": upload.height, "detections": found}
+        if options.render:
+            answer["rendered"] = png_base64(draw_detections(upload, found, model.num_classes))
+        return answer
     if model.task == "semantic_segmentation":
         return _semantic(model, outputs, upload, options)
     if model.task == "instance_segmentation":
@@ -138,15 +142,19 @@ def answer_for(
         count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
         boxes = np.array([d["box"] for d in found], dtype=np.float64).reshape(-1, 4)
         masks = paste_masks(np.asarray(outputs["masks"])[:count][order], boxes, upload.height, upload.width)
+        rendered = draw_detections(upload, found, model.num_classes, list(masks)) if options.render else None
         for det, mask in zip(found, masks, strict=True):
             det["mask"] = png_base64(mask.astype(np.uint8) * 255)
-        return {
+        answer = {
             "model": model.name,
             "kind": "instance",
             "width": upload.width,
             "height": upload.height,
             "instances": found,
         }
+        if rendered is not None:
+            answer["rendered"] = png_base64(rendered)
+        return answer
     if model.task == "autoencoder" and route == "/anomaly":
         return _anomaly(model, outputs, tensor, options)
     raise BadInput(f"model {model.name!r} ({model.task}) has no JSON answer on this route")

@@ -57,6 +57,9 @@ class DetectResponse(BaseModel):
     width: int
     height: int
     detections: list[Detection] = Field(description="best first")
+    rendered: str | None = Field(
+        None, description="with render=true: base64 PNG of the upload with each box, label and score drawn"
+    )
 
 
 class ClassPixels(BaseModel):
@@ -78,6 +81,9 @@ class SegmentResponse(BaseModel):
     classes: list[ClassPixels] | None = Field(None, description="semantic: pixels per class present")
     overlay: str | None = Field(None, description="semantic, with overlay=true: base64 PNG colour overlay")
     instances: list[Instance] | None = Field(None, description="instance: one entry per detected object")
+    rendered: str | None = Field(
+        None, description="instance, with render=true: base64 PNG of the upload with masks, boxes and labels drawn"
+    )
 
 
 class AnomalyResponse(BaseModel):
