@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import time
@@ -252,6 +253,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 _MODEL_FIELD = {"model": {"type": "string", "description": "served model name; default: the first of the task"}}
+_RENDER_FIELD = {
+    "render": {
+        "type": "boolean",
+        "default": False,
+        "description": "also answer `rendered`: a base64 PNG of the upload with the boxes, labels, scores (and "
+        "instance masks) drawn",
+    }
+}
 
 app = FastAPI(title="cnnserve", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
 
@@ -298,24 +307,29 @@ def _detection_options(req: ImageRequest) -> AnswerOptions:
     limit = req.integer("max_detections", 100)
     if not 1 <= limit <= 1000:
         raise BadInput(f"`max_detections` must be between 1 and 1000, got {limit}")
-    return AnswerOptions(max_detections=limit)
+    return AnswerOptions(max_detections=limit, render=req.flag("render"))
 
 
 @app.post(
     "/detect",
     response_model=DetectResponse,
+    response_model_exclude_none=True,
     responses=_ERRORS,
-    openapi_extra=_image_body({**_MODEL_FIELD, **_THRESHOLDS}),
+    openapi_extra=_image_body({**_MODEL_FIELD, **_THRESHOLDS, **_RENDER_FIELD}),
 )
 async def detect(request: Request) -> Response:
-    """Objects in one image: boxes in the upload's pixels, labels and scores, best first."""
+    """Objects in one image: boxes in the upload's pixels, labels and scores, best first.
+
+    With `render=true` the answer also has `rendered`: a base64 PNG of the upload with every box drawn in its class's
+    colour and a `label score` tag above it, for people who would rather look.
+    """
 
     async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
         options, thresholds = _detection_options(req), _graph_thresholds(model, req)
         outputs, upload, tensor = await service.predict(model, req.image, **thresholds)
         with service.metrics.stage(model.name, "postprocess"):
             body = DetectResponse(**answer_for(model, outputs, upload=upload, tensor=tensor, options=options))
-        return JSONResponse(body.model_dump())
+        return JSONResponse(body.model_dump(exclude_none=True))
 
     return await handle_image_request(request, "/detect", ("detection",), answer)
 
@@ -330,14 +344,20 @@ async def detect(request: Request) -> Response:
             **_MODEL_FIELD,
             "score_threshold": _THRESHOLDS["score_threshold"],
             "overlay": {"type": "boolean", "default": False, "description": "semantic: add a colour overlay PNG"},
+            "max_detections": _THRESHOLDS["max_detections"],
+            **_RENDER_FIELD,
         }
     ),
 )
 async def segment(request: Request) -> Response:
-    """Per-pixel classes (semantic models) or per-object masks (instance models), at the upload's size."""
+    """Per-pixel classes (semantic models) or per-object masks (instance models), at the upload's size.
+
+    With `render=true` an instance model's answer also has `rendered`: a base64 PNG of the upload with every mask
+    blended in and every box drawn with a `label score` tag (semantic models: see `overlay`).
+    """
 
     async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:
-        options = AnswerOptions(overlay=req.flag("overlay"), max_detections=req.integer("max_detections", 100))
+        options = dataclasses.replace(_detection_options(req), overlay=req.flag("overlay"))
         outputs, upload, tensor = await service.predict(model, req.image, **_graph_thresholds(model, req))
         with service.metrics.stage(model.name, "postprocess"):
             body = SegmentResponse(**answer_for(model, outputs, upload=upload, tensor=tensor, options=options))
