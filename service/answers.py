@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .codecs import colour_overlay, draw_detections, heat_map, png_base64
+from .codecs import colour_overlay, draw_detections, draw_legend, heat_map, png_base64
 from .errors import BadInput
+from .imaging import to_unit_float
 from .postprocess import check_top_k, rank_classes
 from .runtime import LoadedModel
 
@@ -27,7 +28,7 @@ class AnswerOptions:
     overlay: bool = False  # semantic segmentation: also a colour overlay PNG
     heatmap: bool = False  # anomaly: also a per-pixel error heat map PNG
     max_detections: int = 100
-    render: bool = False  # detection, instance segmentation: also the upload with boxes/masks drawn (PNG)
+    render: bool = False  # detection, segmentation: also the upload with boxes/masks (semantic: overlay + key) drawn
 
 
 def scale_boxes(boxes: np.ndarray, tensor_hw: tuple[int, int], upload_wh: tuple[int, int]) -> np.ndarray:
@@ -90,8 +91,13 @@ def _semantic(model: LoadedModel, outputs: dict[str, np.ndarray], upload: Image.
             {"index": i, "label": names[i], "pixels": int(counts[i])} for i in range(len(counts)) if counts[i] > 0
         ],
     }
-    if options.overlay:
-        answer["overlay"] = png_base64(colour_overlay(upload, mask, logits.shape[0]))
+    if options.overlay or options.render:
+        overlay = colour_overlay(upload, mask, logits.shape[0])
+        if options.overlay:
+            answer["overlay"] = png_base64(overlay)
+        if options.render:  # the overlay with a key to its colours
+            key = [(c["index"], c["label"]) for c in answer["classes"] if c["index"] > 0]
+            answer["rendered"] = png_base64(draw_legend(overlay, key, logits.shape[0]))
     return answer
 
 
@@ -107,7 +113,7 @@ def _anomaly(model: LoadedModel, outputs: dict[str, np.ndarray], tensor: np.ndar
         "is_anomaly": bool(score > float(threshold)),
     }
     if options.heatmap:
-        per_pixel = ((np.asarray(outputs["reconstruction"]) - tensor) ** 2).mean(axis=0)
+        per_pixel = ((np.asarray(outputs["reconstruction"]) - to_unit_float(tensor)) ** 2).mean(axis=0)
         answer["heatmap"] = png_base64(heat_map(per_pixel))
     return answer
 

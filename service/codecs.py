@@ -9,7 +9,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["png_bytes", "png_base64", "palette", "colour_overlay", "heat_map", "draw_detections"]
+__all__ = ["png_bytes", "png_base64", "palette", "colour_overlay", "heat_map", "draw_detections", "draw_legend"]
 
 
 def png_bytes(array_or_image: np.ndarray | Image.Image) -> bytes:
@@ -98,3 +98,24 @@ def draw_detections(
         draw.rectangle((left, tag_top, left + tag_w - 1, tag_top + tag_h - 1), fill=colour)
         draw.text((left + 1 - tx0, tag_top + 1 - ty0), text, fill=_text_colour(colour), font=font)
     return rgb
+
+
+def draw_legend(image: Image.Image, entries: list[tuple[int, str]], num_classes: int) -> Image.Image:
+    """A semantic overlay with a key in its top-left corner: one ``swatch label`` row per ``(class index, label)``
+    of ``entries``, in the overlay's palette colours, on black. Nothing outside the key's box changes."""
+    out = image.convert("RGB")
+    if not entries:
+        return out
+    colours = palette(num_classes)
+    draw = ImageDraw.Draw(out)
+    font = _font_for(out.size)
+    boxes = [draw.textbbox((0, 0), label, font=font) for _, label in entries]
+    row = max(b[3] - b[1] for b in boxes) + 4
+    swatch = row - 4
+    width = swatch + 6 + max(b[2] - b[0] for b in boxes) + 3
+    draw.rectangle((0, 0, width - 1, row * len(entries) + 1), fill=(0, 0, 0))
+    for i, ((index, label), (x0, y0, _, _)) in enumerate(zip(entries, boxes, strict=True)):
+        top = 2 + i * row
+        draw.rectangle((2, top, 2 + swatch - 1, top + swatch - 1), fill=tuple(int(c) for c in colours[index]))
+        draw.text((swatch + 6 - x0, top - y0), label, fill=(255, 255, 255), font=font)
+    return out

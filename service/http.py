@@ -257,8 +257,8 @@ _RENDER_FIELD = {
     "render": {
         "type": "boolean",
         "default": False,
-        "description": "also answer `rendered`: a base64 PNG of the upload with the boxes, labels, scores (and "
-        "instance masks) drawn",
+        "description": "also answer `rendered`: a base64 PNG of the upload with the boxes, labels, scores and "
+        "instance masks drawn (semantic /segment: the colour overlay with a key)",
     }
 }
 
@@ -352,8 +352,8 @@ async def detect(request: Request) -> Response:
 async def segment(request: Request) -> Response:
     """Per-pixel classes (semantic models) or per-object masks (instance models), at the upload's size.
 
-    With `render=true` an instance model's answer also has `rendered`: a base64 PNG of the upload with every mask
-    blended in and every box drawn with a `label score` tag (semantic models: see `overlay`).
+    With `render=true` the answer also has `rendered`, a base64 PNG for people who would rather look: instance models
+    draw every mask, box and `label score` tag on the upload; semantic models give the colour overlay with a key.
     """
 
     async def answer(service: CNNServe, model: LoadedModel, req: ImageRequest) -> Response:

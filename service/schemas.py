@@ -82,7 +82,9 @@ class SegmentResponse(BaseModel):
     overlay: str | None = Field(None, description="semantic, with overlay=true: base64 PNG colour overlay")
     instances: list[Instance] | None = Field(None, description="instance: one entry per detected object")
     rendered: str | None = Field(
-        None, description="instance, with render=true: base64 PNG of the upload with masks, boxes and labels drawn"
+        None,
+        description="with render=true: base64 PNG of the upload with the instances' masks, boxes and labels drawn "
+        "(semantic: the colour overlay with a key to its classes)",
     )
 
 

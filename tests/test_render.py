@@ -18,9 +18,6 @@ from PIL import Image
 from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
 from service.codecs import draw_detections
 
-# How far a box's tag may reach from the box's top-left corner (above it, or inside when the box touches the top).
-TAG_HEIGHT, TAG_CHAR_WIDTH = 16, 8
-
 
 def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -51,13 +48,16 @@ def scenes() -> list[np.ndarray]:
 
 
 def footprint(detections: list[dict], shape: tuple[int, int]) -> np.ndarray:
-    """Where drawing may happen: each box's pixels, and its tag's reach above (or inside) it."""
+    """Where drawing may happen: each box's pixels, and its tag's reach above it (or inside, when the box touches the
+    top). The tag's text is Pillow's font at 1/50 of the picture's longer side (10 px at least): a line of it is under
+    two font sizes high and a character under one wide."""
+    font = max(10, round(max(shape) / 50))
     allowed = np.zeros(shape, dtype=bool)
     for det in detections:
         x1, y1, x2, y2 = det["box"]
         left, top, right, bottom = int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2))
-        tag_width = TAG_CHAR_WIDTH * len(f"{det['label']} {det['score']:.2f}") + 4
-        allowed[max(top - TAG_HEIGHT, 0) : max(bottom, top + TAG_HEIGHT), left : max(right, left + tag_width)] = True
+        tag_width = font * len(f"{det['label']} {det['score']:.2f}")
+        allowed[max(top - 2 * font, 0) : max(bottom, top + 2 * font), left : max(right, left + tag_width)] = True
     return allowed
 
 
@@ -142,3 +142,22 @@ def test_instance_render_blends_each_mask_in_its_class_colour() -> None:
     first = (2 * rendered[masks[0]] - upload[masks[0]]).mean(axis=0)
     second = (2 * rendered[masks[1]] - upload[masks[1]]).mean(axis=0)
     assert np.abs(first - second).max() > 20, "different classes, different colours"
+
+
+def test_semantic_render_is_the_overlay_with_a_key(server, scenes) -> None:
+    """For a semantic model `rendered` is the colour overlay plus a key in the top-left corner: one row per class
+    present (background has no colour, so no row)."""
+    image = scenes[4]
+    body = _post(server, "/segment", _png(image), model="unet", overlay="true", render="true").json()
+    overlay, rendered = np.asarray(_image(body["overlay"])), np.asarray(_image(body["rendered"]))
+    assert rendered.shape == overlay.shape == image.shape
+    changed = (rendered != overlay).any(axis=-1)
+    rows, cols = np.nonzero(changed)
+    present = [c["label"] for c in body["classes"] if c["index"] > 0]
+    assert present, "the scene has shapes"
+    font = max(10, round(max(image.shape[:2]) / 50))
+    assert rows.max() < 2 * font * len(present) + 4 and cols.max() < font * (max(map(len, present)) + 3)
+    key = changed[: rows.max() + 1, : cols.max() + 1]
+    assert key.mean() > 0.5, "a solid key, not stray pixels"
+    alone = _post(server, "/segment", _png(image), model="unet", render="true").json()
+    assert "overlay" not in alone and alone["rendered"] == body["rendered"]
