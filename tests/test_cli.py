@@ -123,3 +123,36 @@ def test_bench_writes_results(tmp_path: Path) -> None:
     }
     assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 for r in timed)
     assert {r["batch"] for r in result["results"] if "ratio" in r} == {1, 4}
+
+
+def test_score_detection_equals_the_http_answer(model_store: dict[str, str], server, tmp_path: Path) -> None:
+    """A detector through `cnnserve score`: boxes in each file's own pixels, the same as `/detect` answers."""
+    from PIL import Image
+
+    from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for i, sample in enumerate(make_dataset(8, seed=HELD_OUT_SEED + 3)):
+        image = Image.fromarray(sample.image)
+        (image if i % 2 else image.resize((256, 192))).save(folder / f"scene{i}.png")  # sizes differ from 128×128
+    out = tmp_path / "detections.jsonl"
+    result = run("score", "--model", "yolov1_shapes", str(folder), "--output", str(out), "--batch-size", "3")
+    assert "scored 8, failed 0" in result.stdout
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 8 and sum(len(line["detections"]) for line in lines) >= 8
+    for line in lines:
+        path = Path(line.pop("path"))
+        http = requests.post(
+            f"{server.url}/detect", files={"image": path.read_bytes()}, data={"model": "yolov1_shapes"}, timeout=30
+        ).json()
+        assert {k: line[k] for k in ("model", "width", "height")} == {k: http[k] for k in ("model", "width", "height")}
+        assert (line["width"], line["height"]) == Image.open(path).size
+        assert [d["label"] for d in line["detections"]] == [d["label"] for d in http["detections"]]
+        assert set(d["label"] for d in line["detections"]) <= {"circle", "square", "triangle"}
+        np.testing.assert_allclose(
+            [d["box"] for d in line["detections"]], [d["box"] for d in http["detections"]], atol=0.05
+        )
+        np.testing.assert_allclose(
+            [d["score"] for d in line["detections"]], [d["score"] for d in http["detections"]], atol=1e-5
+        )
