@@ -17,13 +17,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bentoml
 from fastapi import FastAPI
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from .answers import AnswerOptions, answer_for, denoised_image
 from .codecs import png_bytes
@@ -414,5 +416,22 @@ async def list_models() -> JSONResponse:
     return JSONResponse(_service().models_status().model_dump())
 
 
+# The page to try every model (`GET /`, files in service/static). This route wins over BentoML's own index page
+# because BentoML matches a mounted app's routes before it adds `/`. The page uses only the routes above, from the
+# same origin; the policy below keeps any text from model metadata from ever running as script.
+_STATIC = Path(__file__).parent / "static"
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@app.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(_STATIC / "index.html", headers=_PAGE_HEADERS)
+
+
+app.mount("/static", StaticFiles(directory=_STATIC), name="static")
 app.include_router(v2_router)
 routes_app = app

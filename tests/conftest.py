@@ -50,7 +50,30 @@ def model_store() -> dict[str, str]:
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"\x08\x07\x12\x04this is not a complete onnx model")
     tags["broken"] = save_to_store(broken, name="broken", task="classification", metadata={"model": "broken"})
+    tags["xss_labels"] = _relabelled(tags["lenet5"], "xss_labels", [XSS_LABEL.replace("1", str(d)) for d in range(10)])
     return tags
+
+
+XSS_LABEL = "<img src=x onerror=alert(1)>"  # the label of class 1 of `xss_labels`: the page must show it as text
+
+
+def _relabelled(tag: str, name: str, labels: list[str]) -> str:
+    """A copy of a stored model under another name whose metadata carries other labels."""
+    import json
+
+    import bentoml
+    import onnx
+
+    from export.store import save_to_store
+
+    entry = bentoml.models.get(tag)
+    model = onnx.load(entry.path_of(entry.info.metadata["onnx_file"]))
+    spec = next(p for p in model.metadata_props if p.key == "cnnserve.spec")
+    spec.value = json.dumps({**json.loads(spec.value), "labels": labels})
+    path = _SESSION_DIR / name / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(model, path)
+    return save_to_store(path, name=name, task="classification", metadata=dict(entry.info.metadata))
 
 
 class Server:
@@ -101,10 +124,11 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def server(model_store: dict[str, str]) -> Iterator[Server]:
-    """One `bentoml serve` for the session: the test models, the broken entry and a tag that is not in the store."""
+    """One `bentoml serve` for the session: the test models, the broken entry, a tag that is not in the store and a
+    classifier whose labels are HTML (for the page's tests)."""
     srv = start_server(
         {
-            "CNNSERVE_MODELS": "lenet5,resnet18,yolov1_shapes,cae,unet,broken,not-exported",
+            "CNNSERVE_MODELS": "lenet5,resnet18,yolov1_shapes,cae,unet,broken,not-exported,xss_labels",
             "CNNSERVE_MAX_UPLOAD_MB": "2",
         },
         _SESSION_DIR / "serve.log",
