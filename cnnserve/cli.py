@@ -59,14 +59,21 @@ def list_cmd(task: Annotated[str | None, typer.Option(help="only this task")] = 
 def export(
     name: Annotated[str | None, typer.Argument(help="registered model name (cnnserve list)")] = None,
     weights: Annotated[str, typer.Option(help="random | torchvision | demo | PATH (.pth/.pt/.safetensors)")] = "random",
-    precision: Annotated[str, typer.Option(help="fp32")] = "fp32",
-    tag: Annotated[str | None, typer.Option(help="store name (default: NAME, or NAME-PRECISION)")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 (for CUDA) | int8 (static, QDQ)")] = "fp32",
+    input_dtype: Annotated[str, typer.Option(help="float32 ([0, 1]) | uint8 (0-255, scaled in the graph)")] = "float32",
+    calibration: Annotated[
+        Path | None, typer.Option(help="int8: folder of images to calibrate on (default: demo data or photos)")
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="store name (default: NAME, NAME-fp16/-int8, then -u8 for uint8 input)")
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="also write the ONNX file here")] = None,
     num_classes: Annotated[int | None, typer.Option(help="replace the head (random or own weights)")] = None,
     defaults: Annotated[bool, typer.Option("--defaults", help="export the default set")] = False,
     missing_only: Annotated[bool, typer.Option(help="with --defaults: skip models already in the store")] = False,
 ) -> None:
-    """Build, load weights, export ONNX (dynamic batch), check parity, save to the BentoML model store."""
+    """Build, load weights, export ONNX (dynamic batch), check parity, [make the fp16/int8/uint8 variant and
+    measure its quality drop], save to the BentoML model store."""
     from export import DEFAULT_EXPORTS, ExportError, export_model
     from export.weights import WeightsError
 
@@ -85,6 +92,8 @@ def export(
                 model_name,
                 weights=model_weights,
                 precision=precision,
+                input_dtype=input_dtype,
+                calibration=calibration,
                 tag=tag,
                 output=output,
                 num_classes=num_classes,
@@ -95,6 +104,12 @@ def export(
             f"{model_name}: {result.tag or result.path}  weights={result.source}  "
             f"parity max|Δ|={result.parity:.2e}  ({result.seconds:.1f} s)"
         )
+        if result.quality is not None:
+            q = result.quality
+            typer.echo(
+                f"  {result.precision}/{result.input_dtype}: {q['metric']} {q['fp32']:.4f} (fp32) → "
+                f"{q['variant']:.4f}, drop {q['drop']:+.4f} on {q['data']}"
+            )
 
 
 def _in_store(name: str) -> bool:

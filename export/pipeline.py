@@ -1,7 +1,9 @@
-"""``cnnserve export``: build → load weights → wrap → export ONNX → parity → metadata → model store.
+"""``cnnserve export``: build → load weights → wrap → export ONNX → parity → [variant] → metadata → model store.
 
 One function, :func:`export_model`, so the CLI, ``make serve`` (the default set) and the tests export the same
-way.
+way. A precision variant (fp16, int8) or the uint8-input variant is made from the checked fp32 file
+(:mod:`export.precision`) and its quality is measured against that file (:mod:`export.quality`) before it is
+saved; the fp32 graph's parity with PyTorch stays the file's ``cnnserve.parity``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from models import ModelSpec
 
 from .onnx import INPUT_NAME, export_onnx, write_metadata
 from .parity import PARITY_TOLERANCE, measure_parity, parity_batch
+from .precision import INPUT_DTYPES, PRECISIONS, add_uint8_input, convert_fp16, quantize_int8
 from .store import save_to_store
 from .weights import (
     apply_state_dict,
@@ -31,7 +34,7 @@ from .weights import (
 )
 from .wrappers import export_for
 
-__all__ = ["DEFAULT_EXPORTS", "PRECISIONS", "ExportError", "ExportResult", "export_model", "store_tag"]
+__all__ = ["DEFAULT_EXPORTS", "PRECISIONS", "INPUT_DTYPES", "ExportError", "ExportResult", "export_model", "store_tag"]
 
 logger = logging.getLogger("cnnserve.export")
 
@@ -42,7 +45,6 @@ DEFAULT_EXPORTS: tuple[tuple[str, str], ...] = (
     ("cae", "demo"),
     ("unet", "demo"),
 )
-PRECISIONS = ("fp32",)
 
 
 class ExportError(RuntimeError):
@@ -57,10 +59,15 @@ class ExportResult:
     parity: float
     source: str
     seconds: float
+    precision: str = "fp32"
+    input_dtype: str = "float32"
+    quality: dict[str, object] | None = None  # the variant vs its fp32 file (export.quality.Quality), None for fp32
 
 
-def store_tag(name: str, precision: str) -> str:
-    return name if precision == "fp32" else f"{name}-{precision}"
+def store_tag(name: str, precision: str, input_dtype: str = "float32") -> str:
+    """``resnet50``, ``resnet50-int8``, ``resnet50-fp16-u8`` (the contract's tags, ``-u8`` for uint8 input)."""
+    tag = name if precision == "fp32" else f"{name}-{precision}"
+    return f"{tag}-u8" if input_dtype == "uint8" else tag
 
 
 def _load_weights(model: torch.nn.Module, spec: ModelSpec, weights: str) -> tuple[ModelSpec, str, dict[str, str]]:
@@ -87,16 +94,28 @@ def export_model(
     *,
     weights: str = "random",
     precision: str = "fp32",
+    input_dtype: str = "float32",
+    calibration: Path | None = None,
     tag: str | None = None,
     output: Path | None = None,
     num_classes: int | None = None,
     save: bool = True,
     seed: int = 0,
 ) -> ExportResult:
-    """Export one registered model; raises :class:`ExportError`/:class:`WeightsError` with an actionable message."""
+    """Export one registered model; raises :class:`ExportError`/:class:`WeightsError` with an actionable message.
+
+    ``precision`` fp16 / int8 and ``input_dtype`` uint8 make a variant of the fp32 export; int8 calibrates on
+    ``calibration`` (a folder of images) or, by default, on the demo's training data or ``skimage.data`` photos.
+    """
     start = time.perf_counter()
     if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r} is not available yet; this version exports {', '.join(PRECISIONS)}")
+        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ExportError(f"unknown input dtype {input_dtype!r}; choose one of {', '.join(INPUT_DTYPES)}")
+    if calibration is not None and precision != "int8":
+        raise ExportError("--calibration is for --precision int8 only")
+    if calibration is not None and not calibration.is_dir():
+        raise ExportError(f"calibration folder {calibration} does not exist")
     spec = models.get_spec(name)
     overrides: dict[str, object] = {}
     if weights == "torchvision":
@@ -119,18 +138,20 @@ def export_model(
     images = parity_batch(spec.in_channels, spec.input_size, batch=2, seed=seed)
     extra = tuple(torch.tensor(value, dtype=torch.float32) for value in task.extra_inputs.values())
     tolerance = task.parity_tolerance if task.parity_tolerance is not None else PARITY_TOLERANCE
+    variant = precision != "fp32" or input_dtype != "float32"
     with tempfile.TemporaryDirectory(prefix="cnnserve-export-") as tmp:
         path = output if output is not None else Path(tmp) / "model.onnx"
+        fp32_path = Path(tmp) / "fp32" / "model.onnx" if variant else path  # a variant is made from this file
         export_onnx(
             wrapped,
             (images, *extra),
-            path,
+            fp32_path,
             input_names=(INPUT_NAME, *task.extra_inputs),
             output_names=task.outputs,
             dynamic_hw=task.dynamic_hw,
             custom_translation_table=task.onnx_translations,
         )
-        parity = measure_parity(wrapped, path, (images, *extra), task.parity_metric)
+        parity = measure_parity(wrapped, fp32_path, (images, *extra), task.parity_metric)
         if not parity <= tolerance:
             raise ExportError(
                 f"{name}: ONNX output differs from PyTorch by {parity:.3g} (> {tolerance}); file not saved"
@@ -139,34 +160,78 @@ def export_model(
             **spec.to_json_dict(),
             "weights": source,
             "precision": precision,
-            "input_dtype": "float32",
+            "input_dtype": input_dtype,
             "dynamic_hw": task.dynamic_hw,
             "size_multiple": task.size_multiple,
             "extra_inputs": task.extra_inputs,  # scalar graph inputs (thresholds) with their defaults
         }
+        metadata = {
+            "cnnserve.spec": json.dumps(spec_json),
+            "cnnserve.parity": f"{parity:.6g}",
+            "cnnserve.precision": precision,
+            **extra_metadata,
+        }
+        quality = None
+        if variant:
+            _make_variant(fp32_path, path, spec_json, precision, input_dtype, calibration, task.extra_inputs)
+            from .quality import measure_quality
+
+            quality = measure_quality(spec_json, fp32_path, path).to_json_dict()
+            metadata["cnnserve.quality"] = json.dumps(quality)
+            logger.info("%s %s/%s quality: %s", name, precision, input_dtype, quality)
+        pixels = "uint8 0-255" if input_dtype == "uint8" else "float32 [0, 1]"
         write_metadata(
             path,
-            {
-                "cnnserve.spec": json.dumps(spec_json),
-                "cnnserve.parity": f"{parity:.6g}",
-                "cnnserve.precision": precision,
-                **extra_metadata,
-            },
-            doc=f"{spec.description} — exported by cnnserve; input {spec.in_channels}×{spec.input_size}, [0, 1]",
+            metadata,
+            doc=f"{spec.description} — exported by cnnserve ({precision}); "
+            f"input {spec.in_channels}×{spec.input_size}, {pixels}",
         )
         saved_tag = None
         if save:
+            store_metadata = {
+                "model": name,
+                "weights": source,
+                "precision": precision,
+                "input_dtype": input_dtype,
+                "parity": f"{parity:.6g}",
+            }
+            if quality is not None:
+                store_metadata["quality"] = json.dumps(quality)
             saved_tag = save_to_store(
                 path,
-                name=tag or store_tag(name, precision),
+                name=tag or store_tag(name, precision, input_dtype),
                 task=spec.task,
-                metadata={
-                    "model": name,
-                    "weights": source,
-                    "precision": precision,
-                    "parity": f"{parity:.6g}",
-                },
+                metadata=store_metadata,
             )
         seconds = time.perf_counter() - start
         logger.info("exported %s (%s) parity=%.3g in %.1fs -> %s", name, source, parity, seconds, saved_tag or path)
-        return ExportResult(name, saved_tag, output, parity, source, seconds)
+        return ExportResult(name, saved_tag, output, parity, source, seconds, precision, input_dtype, quality)
+
+
+def _make_variant(
+    fp32_path: Path,
+    path: Path,
+    spec_json: dict,
+    precision: str,
+    input_dtype: str,
+    calibration: Path | None,
+    extra_inputs: dict[str, float],
+) -> None:
+    """The checked fp32 file → the requested precision (and uint8 input) at ``path``."""
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if precision == "fp16":
+        convert_fp16(fp32_path, path)
+    elif precision == "int8":
+        from .quality import calibration_images
+
+        try:
+            images = calibration_images(spec_json, folder=calibration)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+        quantize_int8(fp32_path, path, images, extra_inputs=extra_inputs)
+    else:
+        shutil.copy2(fp32_path, path)
+    if input_dtype == "uint8":
+        add_uint8_input(path)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import BaseModel, Field
 
-__all__ = ["Prediction", "ClassifyResponse", "ModelStatus", "ModelsResponse", "ErrorResponse"]
+__all__ = ["Prediction", "ClassifyResponse", "ModelStatus", "ModelsResponse", "ErrorResponse", "quality_of"]
 
 
 class Prediction(BaseModel):
@@ -35,6 +38,24 @@ class ModelStatus(BaseModel):
     error: str | None = None
     parity: float | None = Field(None, description="max |ONNX − PyTorch| measured at export")
     labels: int | None = Field(None, description="number of classes")
+    quality: dict[str, Any] | None = Field(
+        None,
+        description="fp16/int8/uint8 variants: quality measured against the fp32 export "
+        "(metric, fp32, variant, drop, data)",
+        examples=[{"metric": "accuracy", "fp32": 0.9844, "variant": 0.9844, "drop": 0.0, "data": "digits (450)"}],
+    )
+
+
+def quality_of(metadata: dict[str, str]) -> dict[str, Any] | None:
+    """The ``cnnserve.quality`` metadata of a variant (JSON), or None for an fp32 export or an unreadable value."""
+    raw = metadata.get("cnnserve.quality")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class ModelsResponse(BaseModel):

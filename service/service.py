@@ -34,7 +34,7 @@ with bentoml.importing():
     from service.imaging import decode_image, preprocess
     from service.metrics import Metrics
     from service.runtime import LoadedModel, load_model, select_providers
-    from service.schemas import ModelsResponse, ModelStatus
+    from service.schemas import ModelsResponse, ModelStatus, quality_of
     from service.settings import Settings, get_settings
     from service.store import StoreEntry, find_entry, list_entries
 
@@ -155,6 +155,7 @@ class CNNServe:
                     providers=m.providers,
                     error=m.error,
                     parity=m.parity,
+                    quality=quality_of(m.extra),
                     labels=len(m.labels) if m.labels else None,
                 )
                 for m in self.models.values()
