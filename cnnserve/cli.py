@@ -144,6 +144,49 @@ def train(
 
 
 @app.command()
+def bento(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="store tags to pack (default: CNNSERVE_MODELS, else bentofile.yaml)")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="bento version (default: generated)")] = None,
+) -> None:
+    """Build the torch-free serving bento (bentofile.yaml) with the chosen exported models inside."""
+    from service.errors import ServeError
+    from service.settings import get_settings
+
+    from .bento import build_bento
+
+    try:
+        built = build_bento(models or get_settings().models or None, version=version)
+    except ServeError as exc:
+        raise _fail(exc.message) from None
+    packed = ", ".join(str(m.tag) for m in built.info.models)
+    typer.echo(f"built {built.tag} with {packed} at {built.path}")
+
+
+@app.command("export-repo")
+def export_repo(
+    directory: Annotated[Path, typer.Argument(help="model repository folder to write")],
+    models: Annotated[list[str] | None, typer.Argument(help="store tags (default: every cnnserve model)")] = None,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Triton's max_batch_size for batchable models")] = 16,
+    max_queue_delay_us: Annotated[int, typer.Option(min=0, help="dynamic batching: longest wait (µs)")] = 1000,
+) -> None:
+    """Write a Triton / KServe model repository (<model>/1/model.onnx + config.pbtxt) from the store."""
+    from service.errors import ServeError
+
+    from .export_repo import export_repository
+
+    try:
+        written = export_repository(
+            directory, models, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us
+        )
+    except ServeError as exc:
+        raise _fail(exc.message) from None
+    for folder in written:
+        typer.echo(f"{folder.name}: {folder}")
+
+
+@app.command()
 def score(
     inputs: Annotated[list[str], typer.Argument(help="image files, folders (recursive) or globs")],
     model: Annotated[str, typer.Option(help="store tag (lenet5, lenet5:VERSION) or a path to an .onnx file")],

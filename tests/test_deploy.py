@@ -4,6 +4,8 @@ annotations, resource requests, a GPU variant, and only settings the service kno
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -98,3 +100,96 @@ def test_settings_are_real_and_valid() -> None:
         assert set(env) <= fields, set(env) - fields
         settings = Settings(**{k.removeprefix("CNNSERVE_").lower(): v for k, v in env.items()})
         assert settings.intra_op_threads >= 1  # one pool per session, sized to the CPU limit
+
+
+# --- Triton / KServe model repository (`cnnserve export-repo`) ---------------------------------------------------
+
+ONNX_TO_TRITON = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "INT64": "TYPE_INT64", "UINT8": "TYPE_UINT8"}
+
+
+def _cnnserve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cnnserve"), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _onnx_tensors(values) -> list[tuple[str, str, list[int]]]:
+    import onnx
+
+    return [
+        (
+            v.name,
+            ONNX_TO_TRITON[onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type)],
+            [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+        )
+        for v in values
+    ]
+
+
+def _config_tensors(tensors, batched: bool) -> list[tuple[str, str, list[int]]]:
+    from tritonclient.grpc import model_config_pb2
+
+    found = []
+    for t in tensors:
+        dims = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)
+        found.append((t.name, model_config_pb2.DataType.Name(t.data_type), ([-1] if batched else []) + dims))
+    return found
+
+
+@pytest.fixture(scope="module")
+def model_repo(model_store: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("triton") / "models"
+    result = _cnnserve("export-repo", str(repo), "lenet5", "yolov1_shapes", "cae", "unet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return repo
+
+
+def test_repository_has_one_versioned_folder_per_model(model_repo: Path, model_store: dict[str, str]) -> None:
+    from service.store import find_entry
+
+    assert sorted(p.name for p in model_repo.iterdir()) == ["cae", "lenet5", "unet", "yolov1_shapes"]
+    for model in model_repo.iterdir():
+        assert sorted(p.name for p in model.iterdir() if p.name != "labels.txt") == ["1", "config.pbtxt"]
+        assert [p.name for p in (model / "1").iterdir()] == ["model.onnx"]
+        assert (model / "1" / "model.onnx").read_bytes() == find_entry(model_store[model.name]).path.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["lenet5", "yolov1_shapes", "cae", "unet"])
+def test_config_matches_the_onnx_file(model_repo: Path, name: str) -> None:
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    # Triton's own schema: an unknown field or enum value fails to parse.
+    config = text_format.Parse((model_repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    graph = onnx.load(model_repo / name / "1" / "model.onnx").graph
+    initializers = {i.name for i in graph.initializer}
+    onnx_inputs = _onnx_tensors([v for v in graph.input if v.name not in initializers])
+    onnx_outputs = _onnx_tensors(graph.output)
+
+    assert config.name == name and config.platform == "onnxruntime_onnx"
+    batched = config.max_batch_size > 0
+    assert _config_tensors(config.input, batched) == onnx_inputs
+    assert _config_tensors(config.output, batched) == onnx_outputs
+    every = onnx_inputs + onnx_outputs
+    if all(dims and dims[0] == -1 for _, _, dims in every):  # batchable by Triton: batching on, batch axis implied
+        assert config.max_batch_size == 16 and config.HasField("dynamic_batching")
+    else:  # scalar threshold inputs: the client sends the batch axis
+        assert name == "yolov1_shapes" and config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+
+
+def test_classifier_labels_follow_the_spec(model_repo: Path) -> None:
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(model_repo / "lenet5" / "1" / "model.onnx").metadata_props}
+    labels = json.loads(meta["cnnserve.spec"])["labels"]
+    assert (model_repo / "lenet5" / "labels.txt").read_text().splitlines() == labels
+    assert 'label_filename: "labels.txt"' in (model_repo / "lenet5" / "config.pbtxt").read_text()
+
+
+def test_export_repo_refuses_a_broken_or_unknown_model(model_store: dict[str, str], tmp_path: Path) -> None:
+    for tag, message in [("broken", "not a loadable ONNX file"), ("nope", "not in the model store")]:
+        result = _cnnserve("export-repo", str(tmp_path / "repo"), tag)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
