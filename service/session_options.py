@@ -1,0 +1,233 @@
+"""onnxruntime session options, chosen on purpose, and the on-disk cache of optimised graphs.
+
+* **Threads.** onnxruntime's default intra-op pool has one thread per *machine* core, in every session of every
+  process. With W worker processes each holding its sessions on a machine (or container) that gives this process
+  C cores, that is W × C threads fighting for C cores. :func:`session_threads` gives each session C / W intra-op
+  threads (at least 1); C is what the process may really use — its CPU affinity (``os.sched_getaffinity``,
+  which ``taskset``/cpusets set) capped by a cgroup v2 CPU quota (``cpu.max``, what ``docker --cpus`` and
+  Kubernetes limits set). Inter-op threads are 1 and the execution mode sequential: a CNN graph is a chain, there
+  is nothing to run side by side, and a second pool would only take cores from the first.
+* **Spinning.** onnxruntime's pool threads spin after their work for a while, burning CPU to start the next op
+  sooner. That pays for one busy process on dedicated cores and hurts when processes or other jobs share them, so
+  it is on only when one process holds all the cores (``CNNSERVE_ORT_SPINNING`` overrides).
+* **Memory.** CPU memory arena and memory-pattern planning stay on (re-used buffers across runs of the same shape:
+  the batcher forms few shapes). The arena grows by what is requested, not the next power of two
+  (``kSameAsRequested`` via a process-wide arena shared by every session — one pool instead of one per model).
+* **Graph optimisation** ``ORT_ENABLE_ALL`` (constant folding, Conv+BN/activation fusion, and on CPU the NCHWc
+  layout transformer, which matters for convolutions). Its result depends on the file, the onnxruntime version,
+  the providers and the CPU (NCHWc picks the vector width), so the optimised graph is written to a cache keyed by
+  all four (``SessionOptions.optimized_model_filepath``) and a restart loads it with optimisation off. A cache
+  directory that cannot be written is skipped silently (logged at DEBUG): the model still loads, just slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+__all__ = [
+    "SessionConfig",
+    "available_cores",
+    "session_threads",
+    "cache_key",
+    "create_session",
+    "default_cache_dir",
+]
+
+logger = logging.getLogger("cnnserve.runtime")
+
+# Files past protobuf's limit keep their weights as external data; optimised copies of those are not cached.
+_MAX_CACHED_BYTES = 1_800_000_000
+# Providers that compile their own engines: their sessions cannot be serialised as a plain optimised graph.
+_NOT_CACHEABLE = frozenset({"TensorrtExecutionProvider", "OpenVINOExecutionProvider"})
+
+
+def _cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """cgroup v2 quota in cores (``"200000 100000"`` → 2.0), or None when unlimited or unreadable."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(float(quota) / float(period), 0.0) or None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cores(*, affinity: set[int] | None = None, cgroup_limit: float | None = -1.0) -> int:
+    """Cores this process may run on: its CPU affinity, capped by the cgroup CPU quota (rounded down, ≥ 1)."""
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except AttributeError:  # not Linux
+            affinity = set(range(os.cpu_count() or 1))
+    cores = max(1, len(affinity))
+    limit = _cgroup_cpu_limit() if cgroup_limit == -1.0 else cgroup_limit
+    if limit is not None:
+        cores = min(cores, max(1, int(limit)))
+    return cores
+
+
+def session_threads(cores: int, processes: int = 1, *, intra: int = 0, inter: int = 0) -> tuple[int, int]:
+    """(intra-op, inter-op) threads per session: explicit values win; else cores / processes (≥ 1) and 1."""
+    if intra <= 0:
+        intra = max(1, cores // max(1, processes))
+    return intra, inter if inter > 0 else 1
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cnnserve" / "ort"
+
+
+def _cpu_identity() -> str:
+    """What NCHWc and kernel selection depend on: the architecture, the CPU model and its feature flags."""
+    model, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model", "CPU part") and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = value.strip()
+            if model and flags:
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{model}|{flags}"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(path: Path, providers: list, *, level: str = "all") -> str:
+    """sha256 over the file's bytes, onnxruntime's version, the providers (with their options), the CPU and the
+    optimisation level: anything that changes the optimised graph changes the key."""
+    parts = [_file_digest(path), ort.__version__, repr(providers), _cpu_identity(), level]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How sessions are built in this process (see the module docstring for the reasons)."""
+
+    intra_op_threads: int = 0  # 0 = cores / processes
+    inter_op_threads: int = 0  # 0 = 1
+    processes: int = 1  # processes on this machine holding their own sessions (one-tier API workers)
+    spinning: bool | None = None  # None = on only when one process holds all the cores
+    cache_dir: Path | None = None  # None = no cache of optimised graphs
+    shared_arena: bool = True
+
+    @classmethod
+    def from_settings(cls, settings) -> SessionConfig:  # service.settings.Settings (no import cycle at runtime)
+        cache = None
+        if settings.ort_cache:
+            cache = Path(settings.ort_cache_dir) if settings.ort_cache_dir else default_cache_dir()
+        return cls(
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            processes=settings.session_processes(),
+            spinning=settings.ort_spinning,
+            cache_dir=cache,
+        )
+
+    def threads(self, cores: int | None = None) -> tuple[int, int]:
+        cores = cores if cores is not None else available_cores()
+        return session_threads(cores, self.processes, intra=self.intra_op_threads, inter=self.inter_op_threads)
+
+    def options(self, cores: int | None = None) -> ort.SessionOptions:
+        cores = cores if cores is not None else available_cores()
+        intra, inter = self.threads(cores)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = intra
+        options.inter_op_num_threads = inter
+        options.enable_cpu_mem_arena = True
+        options.enable_mem_pattern = True
+        spinning = self.spinning if self.spinning is not None else (self.processes == 1 and intra >= cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        if self.shared_arena and _shared_cpu_arena():
+            options.add_session_config_entry("session.use_env_allocators", "1")
+        return options
+
+
+_ARENA_REGISTERED: bool | None = None
+
+
+def _shared_cpu_arena() -> bool:
+    """Register one CPU arena (grow by what is asked) in onnxruntime's environment, once per process."""
+    global _ARENA_REGISTERED
+    if _ARENA_REGISTERED is None:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            # max_mem 0 = no limit, arena_extend_strategy 1 = kSameAsRequested, the rest onnxruntime's defaults.
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+            _ARENA_REGISTERED = True
+        except Exception as exc:  # an onnxruntime build without it: per-session arenas, as by default
+            logger.debug("shared CPU arena not available: %s", exc)
+            _ARENA_REGISTERED = False
+    return _ARENA_REGISTERED
+
+
+def _writable_dir(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def create_session(
+    path: Path, providers: list, config: SessionConfig, *, cores: int | None = None
+) -> tuple[ort.InferenceSession, str]:
+    """An ``InferenceSession`` for ``path`` built with ``config``; returns it and what the cache did: ``"hit"``
+    (loaded the optimised graph, optimisation off), ``"written"`` (optimised now and saved), or ``"off"``."""
+    options = config.options(cores)
+    names = {p[0] if isinstance(p, tuple) else p for p in providers}
+    cacheable = (
+        config.cache_dir is not None
+        and not (names & _NOT_CACHEABLE)
+        and path.stat().st_size < _MAX_CACHED_BYTES
+        and not any(path.parent.glob(f"{path.name}.data*"))
+    )
+    if not cacheable or not _writable_dir(config.cache_dir):
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers), "off"
+    cached = config.cache_dir / f"{cache_key(path, providers)}.onnx"
+    if cached.is_file():
+        try:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return ort.InferenceSession(str(cached), sess_options=options, providers=providers), "hit"
+        except Exception as exc:  # a torn or stale file: optimise again and overwrite it
+            logger.warning("ignoring the cached optimised graph %s: %s", cached, exc)
+            options = config.options(cores)
+    partial = cached.with_name(f"{cached.stem}.{os.getpid()}.partial.onnx")
+    options.optimized_model_filepath = str(partial)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # e.g. the cache filled the disk: load without it (a bad model fails here again)
+        partial.unlink(missing_ok=True)
+        logger.debug("optimised-graph cache skipped for %s: %s", path, exc)
+        return ort.InferenceSession(str(path), sess_options=config.options(cores), providers=providers), "off"
+    try:
+        os.replace(partial, cached)  # atomic: another worker loading the same model never sees half a file
+    except OSError as exc:
+        logger.debug("could not cache the optimised graph at %s: %s", cached, exc)
+        partial.unlink(missing_ok=True)
+        return session, "off"
+    return session, "written"
