@@ -51,7 +51,7 @@ def make_samples(folder: Path) -> None:
     digit_image(digit).save(folder / "digit.png")
     noisy = digit / 255.0 + 0.2 * np.random.default_rng(0).standard_normal(digit.shape)
     digit_image(np.rint(np.clip(noisy, 0, 1) * 255)).save(folder / "noisy-digit.png")
-    scene = make_dataset(1, size=(192, 256), seed=99, max_shapes=5)[0].image
+    scene = make_dataset(1, size=(128, 128), seed=7, max_shapes=5)[0].image  # the demo models' training size
     Image.fromarray(scene).save(folder / "shapes.jpg", quality=90)
     photo = Image.fromarray(skimage.data.chelsea())
     photo.resize((300, 200), Image.Resampling.LANCZOS).save(folder / "photo.jpg", quality=85)
@@ -100,7 +100,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Callable[[WebDriver, str]
 
 @pytest.fixture
 def page(browser: WebDriver, server) -> WebDriver:
-    """The page, freshly loaded, with its model tables drawn and the browser log read out."""
+    """The page, freshly loaded, with its model tables drawn; the log holds this page's messages only."""
+    browser.get_log("browser")  # drop what earlier pages logged
     browser.get(f"{server.url}/")
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-tables table"))
     return browser
@@ -276,8 +277,8 @@ def test_segmentation_mask_is_drawn_over_the_image_with_a_legend(page, server, s
 
     def canvas_sum() -> int:
         return page.execute_script(
-            "return document.getElementById('answer-canvas').getContext('2d')"
-            ".getImageData(0, 0, 256, 192).data.reduce((a, b) => a + b, 0)"
+            "const c = document.getElementById('answer-canvas');"
+            "return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.reduce((a, b) => a + b, 0)"
         )
 
     with_mask = canvas_sum()
