@@ -1,16 +1,27 @@
 """The BentoML service: ONNX models from the store, run by onnxruntime, behind the contract's HTTP API.
 
-``bentoml serve`` (see ``bentofile.yaml``) starts :class:`CNNServe`. BentoML owns the process: workers, the
-model store, ``/livez``, ``/readyz``, ``/metrics``, ``/docs``. Sessions are created once in ``__init__`` (in
-parallel, each warmed up once); a model whose file is missing or broken is reported not ready in ``/models`` and
-answers 503 while the others serve. Inference goes through BentoML's adaptive batching dispatcher, one per model
-(``service.batching``).
+``bentoml serve`` (see ``bentofile.yaml``) starts :class:`CNNServe`. BentoML owns the processes: workers, the
+model store, ``/livez``, ``/readyz``, ``/metrics``, ``/docs``. A model whose file is missing or broken is reported
+not ready in ``/models`` and answers 503 while the others serve.
+
+Two tiers, in BentoML's own terms (``CNNSERVE_TIERS``, default: two when a GPU is there):
+
+- **API tier** (:class:`CNNServe`, ``CNNSERVE_API_WORKERS`` processes): HTTP, decoding, validation, resizing,
+  answers. This is the CPU-heavy part of serving images, so it scales out over processes.
+- **Model tier** (:class:`ModelTier`, one process, a ``bentoml.depends`` dependency): owns the onnxruntime
+  sessions (one per model, on the GPU when there is one) and batches across *all* API workers. Each API worker
+  first groups its own concurrent requests (``service.batching``), so the model tier gets a few calls carrying
+  many images; pixels travel as uint8 (a quarter of float32's bytes), pickled with out-of-band buffers over
+  BentoML's Unix-socket transport.
+
+With one tier, :class:`CNNServe` loads the sessions itself and batches in-process: no hop between processes, the
+better trade on a 2-core machine. The request path is the same code either way: decode → preprocess (shared with
+the batch scorer) → batched inference → answer.
 
 The image endpoints are routes of a mounted Starlette app (``service.http``) rather than ``@bentoml.api``
 methods, because BentoML 1.4's request parsing answers 500 to some malformed multipart bodies, cannot take a
 base64 image in JSON, and wraps 4xx bodies in a list; the contract promises ``{"error": ...}`` and never a 5xx
-for bad input. The routes stay thin: decode → validate → preprocess (shared with the batch scorer) → batched
-inference → answer.
+for bad input.
 
 No torch here: the serving image is torch-free.
 """
@@ -18,20 +29,24 @@ No torch here: the serving image is torch-free.
 from __future__ import annotations
 
 import logging
+import pickle
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import bentoml
 
 with bentoml.importing():
+    import anyio
     import numpy as np
     import onnxruntime as ort
     from PIL import Image
 
-    from service.batching import ModelBatcher
-    from service.errors import BadInput, ModelNotFound
+    from service.batching import ModelBatcher, RunBatch
+    from service.errors import BadInput, ModelNotFound, ServeError
     from service.http import routes_app
-    from service.imaging import decode_image, preprocess
+    from service.imaging import decode_image, preprocess_uint8
     from service.metrics import Metrics
     from service.runtime import LoadedModel, load_model, select_providers
     from service.schemas import ModelsResponse, ModelStatus, quality_of
@@ -67,6 +82,10 @@ def _resolve_entries(settings: Settings) -> list[StoreEntry]:
 
 def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     providers = select_providers(settings.providers, ort.get_available_providers())
+    on_cuda = providers[0] == "CUDAExecutionProvider"
+    # CUDA: prime cuDNN for every batch shape the (power-of-two padding) batcher will form.
+    limit = settings.model_batch_limit(on_cuda)
+    warm = tuple(1 << i for i in range(limit.bit_length()) if 1 << i <= limit) if on_cuda else (1,)
     entries = _resolve_entries(settings)
     if not entries:
         logger.warning("no models to serve: the store has none; run `cnnserve export --defaults`")
@@ -74,7 +93,14 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     def load(entry: StoreEntry) -> LoadedModel:
         if entry.path is None:
             return LoadedModel(name=entry.name, path=None, error=entry.error)
-        model = load_model(entry.name, entry.path, providers=providers, intra_op_threads=settings.intra_op_threads)
+        model = load_model(
+            entry.name,
+            entry.path,
+            providers=providers,
+            intra_op_threads=settings.intra_op_threads,
+            warm_up_batches=warm,
+            device_id=settings.device_id,
+        )
         model.version = entry.tag.partition(":")[2]
         return model
 
@@ -84,9 +110,46 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     return {m.name: m for m in loaded}
 
 
-@bentoml.service(name="cnnserve", traffic={"timeout": 60})
-@bentoml.asgi_app(routes_app, path="/")
-class CNNServe:
+def _local_runner(model: LoadedModel) -> RunBatch:
+    async def run(batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
+        # onnxruntime releases the GIL: the event loop keeps accepting requests while a batch runs.
+        return await anyio.to_thread.run_sync(lambda: model.run(batch, **extra))
+
+    return run
+
+
+def _pack_error(exc: ServeError) -> bytes:
+    return pickle.dumps(("error", exc.status, exc.message))
+
+
+def _unpack(reply: bytes) -> Any:
+    """A model-tier reply → its value, or the :class:`ServeError` it carried, raised here with the same status."""
+    kind, *rest = pickle.loads(reply)  # noqa: S301 - our own model-tier process, over BentoML's Unix socket
+    if kind == "error":
+        status, message = rest
+        raise ServeError(message, status=status)
+    return rest[0]
+
+
+def _batch_observer(metrics: Metrics, name: str) -> Callable[[int, float], None]:
+    def observe(size: int, seconds: float) -> None:
+        metrics.batch_size.labels(model=name).observe(size)
+        metrics.batch_seconds.labels(model=name).observe(seconds)
+
+    return observe
+
+
+_SETTINGS = get_settings()
+TWO_TIER = _SETTINGS.two_tier()
+
+
+@bentoml.service(name="cnnserve-models", workers=1, traffic={"timeout": 60})
+class ModelTier:
+    """The model tier: one process, the onnxruntime sessions, batching across every API worker's calls.
+
+    Its methods take and return pickled bytes rather than typed fields: BentoML would answer a typed dict of
+    arrays as JSON (slow for [64, 1000] probabilities), and the bytes carry numpy buffers out of band."""
+
     def __init__(self) -> None:
         _configure_logging()
         self.settings = get_settings()
@@ -94,21 +157,57 @@ class CNNServe:
         self.models = _load_all(self.settings)
         self.batchers = {
             name: ModelBatcher(
-                model,
-                max_batch_size=self.settings.max_batch_size,
+                name,
+                _local_runner(model),
+                max_batch_size=self.settings.model_batch_limit(model.on_cuda),
                 max_latency_ms=self.settings.max_latency_ms,
-                observe=self._batch_observer(name),
+                observe=_batch_observer(self.metrics, name),
+                pad_batches=model.on_cuda,
             )
             for name, model in self.models.items()
             if model.ready
         }
 
-    def _batch_observer(self, name: str) -> Callable[[int, float], None]:
-        def observe(size: int, seconds: float) -> None:
-            self.metrics.batch_size.labels(model=name).observe(size)
-            self.metrics.batch_seconds.labels(model=name).observe(seconds)
+    @bentoml.api
+    async def describe(self) -> list[dict[str, Any]]:
+        """Every configured model as the API tier needs it: spec, readiness, providers, graph inputs/outputs."""
+        return [model.describe() for model in self.models.values()]
 
-        return observe
+    @bentoml.api
+    async def infer(self, request: bytes) -> bytes:
+        """pickled (model name, uint8 images [n, C, H, W], scalar inputs) → pickled ("ok", outputs) or error."""
+        name, images, extra = pickle.loads(request)  # noqa: S301 - only our API tier reaches this socket
+        try:
+            batcher = self.batchers.get(name)
+            if batcher is None:
+                raise ModelNotFound(f"model {name!r} is not ready in the model tier")
+            outputs = await batcher.infer(images, **extra)
+        except ServeError as exc:
+            return _pack_error(exc)
+        return pickle.dumps(("ok", outputs), protocol=5)
+
+    @bentoml.api
+    async def run_graph(self, request: bytes) -> bytes:
+        """pickled (model name, output names, feed) → pickled ("ok", outputs): the raw graph for ``/v2``."""
+        name, names, feed = pickle.loads(request)  # noqa: S301 - only our API tier reaches this socket
+        try:
+            model = self.models.get(name)
+            if model is None:
+                raise ModelNotFound(f"model {name!r} is not served here")
+            session = model.require_ready()
+            values = await anyio.to_thread.run_sync(lambda: session.run(names, feed))
+        except ServeError as exc:
+            return _pack_error(exc)
+        return pickle.dumps(("ok", values), protocol=5)
+
+
+class _ApiBase:
+    """What both tiers' API side share: model lookup, the request path, ``/models``."""
+
+    settings: Settings
+    metrics: Metrics
+    models: dict[str, LoadedModel]
+    batchers: dict[str, ModelBatcher]
 
     def model_for(self, name: str | None, tasks: tuple[str, ...]) -> LoadedModel:
         """The named model (404 unknown, 503 not ready, 400 wrong task) or the first ready one of ``tasks``
@@ -133,14 +232,23 @@ class CNNServe:
         self, model: LoadedModel, data: bytes, **extra: float
     ) -> tuple[dict[str, np.ndarray], Image.Image, np.ndarray]:
         """Image bytes (+ scalar graph inputs such as thresholds) → (that image's graph outputs, the decoded upload,
-        the model input tensor), batched with other requests."""
+        the model input as uint8 pixels ``[C, H, W]``), batched with other requests."""
+        draft = model.preprocess if model.task == "classification" else None
         with self.metrics.stage(model.name, "decode"):
-            img = decode_image(data, max_pixels=self.settings.max_pixels)
+            img = decode_image(
+                data, max_pixels=self.settings.max_pixels, draft_for=draft, draft_ratio=self.settings.jpeg_draft
+            )
         with self.metrics.stage(model.name, "preprocess"):
-            tensor = preprocess(img, model.preprocess)
+            pixels = preprocess_uint8(img, model.preprocess)
         with self.metrics.stage(model.name, "inference"):
-            outputs = await self.batchers[model.name].infer(tensor, **extra)
-        return outputs, img, tensor
+            outputs = await self.batchers[model.name].infer_one(pixels, **extra)
+        return outputs, img, pixels
+
+    async def run_graph(self, model: LoadedModel, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The raw graph (``/v2``): the named outputs for a feed of graph inputs, no batching."""
+        session = model.require_ready()
+        assert session is not None
+        return await anyio.to_thread.run_sync(lambda: session.run(names, feed))
 
     def models_status(self) -> ModelsResponse:
         return ModelsResponse(
@@ -161,3 +269,77 @@ class CNNServe:
                 for m in self.models.values()
             ]
         )
+
+
+async def _wait_for_tier(tier: Any, timeout_s: float) -> list[dict[str, Any]]:
+    """The model tier's model list, once it has loaded them (it starts alongside the API workers)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with anyio.fail_after(10):
+                # BentoML sets a dependency's client up (its endpoints, from the tier's schema) only once the
+                # API worker has started; startup hooks run before that, so set it up here (idempotent).
+                await tier.__aenter__()
+                return await tier.describe()
+        except Exception as exc:  # not listening yet, or still loading its models
+            logger.debug("waiting for the model tier: %r", exc)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the model tier did not answer within {timeout_s:.0f} s: {exc}") from exc
+            await anyio.sleep(0.5)
+
+
+@bentoml.service(name="cnnserve", workers=_SETTINGS.api_worker_count(TWO_TIER), traffic={"timeout": 60})
+@bentoml.asgi_app(routes_app, path="/")
+class CNNServe(_ApiBase):
+    if TWO_TIER:
+        model_tier = bentoml.depends(ModelTier)
+
+    def __init__(self) -> None:
+        _configure_logging()
+        self.settings = get_settings()
+        self.metrics = Metrics()
+        self.two_tier = TWO_TIER
+        self.models, self.batchers = {}, {}
+        if not self.two_tier:
+            self.models = _load_all(self.settings)
+            runners = {name: _local_runner(model) for name, model in self.models.items()}
+            limits = {name: self.settings.model_batch_limit(m.on_cuda) for name, m in self.models.items()}
+            self._make_batchers(runners, limits)
+
+    @bentoml.on_startup
+    async def _connect_model_tier(self) -> None:
+        """Two tiers: learn the models from the model tier (async: the dependency's client needs the loop)."""
+        if not self.two_tier:
+            return
+        described = await _wait_for_tier(self.model_tier, self.settings.tier_start_timeout_s)
+        self.models = {d["name"]: LoadedModel.from_description(d) for d in described}
+        runners = {name: self._remote_runner(name) for name in self.models}
+        # Gathering this worker's requests pays only in calls saved; the model tier forms the real batches.
+        self._make_batchers(runners, {name: self.settings.max_batch_size for name in self.models})
+
+    def _make_batchers(self, runners: dict[str, RunBatch], limits: dict[str, int]) -> None:
+        self.batchers = {
+            name: ModelBatcher(
+                name,
+                runners[name],
+                max_batch_size=limits[name],
+                max_latency_ms=self.settings.max_latency_ms,
+                observe=None if self.two_tier else _batch_observer(self.metrics, name),
+                pad_batches=model.on_cuda and not self.two_tier,
+            )
+            for name, model in self.models.items()
+            if model.ready
+        }
+
+    def _remote_runner(self, name: str) -> RunBatch:
+        async def run(batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
+            payload = pickle.dumps((name, batch, extra), protocol=5)
+            return _unpack(await self.model_tier.infer(payload))
+
+        return run
+
+    async def run_graph(self, model: LoadedModel, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.two_tier:
+            return await super().run_graph(model, names, feed)
+        model.require_ready()
+        return _unpack(await self.model_tier.run_graph(pickle.dumps((model.name, names, feed), protocol=5)))

@@ -6,8 +6,9 @@ Nothing else in the service reads the environment: the service, the batch scorer
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,13 +35,67 @@ class Settings(BaseSettings):
     # queued request is shed with a 503 rather than served late.
     max_batch_size: int = Field(16, ge=1)
     max_latency_ms: int = Field(10_000, ge=1)
-    # onnxruntime threads per session; 0 = onnxruntime's default (all cores).
+    # onnxruntime threads per session (service/session_options.py). 0 = the cores this process may use (CPU
+    # affinity, cgroup quota) divided by the processes holding sessions (session_processes()).
     intra_op_threads: int = Field(0, ge=0)
+    # Inter-op threads per session; 0 = 1 (sequential execution: a CNN graph is a chain).
+    inter_op_threads: int = Field(0, ge=0)
+    # Let onnxruntime's pool threads spin between ops; unset = only when one process holds all the cores.
+    ort_spinning: bool | None = None
+    # Cache of optimised graphs (keyed by file hash, onnxruntime version, providers, CPU), so a restart does not
+    # optimise again; ort_cache_dir empty = $XDG_CACHE_HOME/cnnserve/ort (~/.cache/cnnserve/ort).
+    ort_cache: bool = True
+    ort_cache_dir: str = ""
+
+    # --- the two-tier service (service/service.py) ---
+    # "two": API workers (decode, validate, resize, answer) in front of one model-tier process that owns the
+    # onnxruntime sessions and batches across all API workers; "one": one process does both (no hop between
+    # processes: the better choice on a small CPU-only machine). "auto": two when a CUDA driver is present.
+    tiers: Literal["auto", "one", "two"] = "auto"
+    # API worker processes; 0 = auto: two tiers → one per core, leaving one for the model tier (at most 16);
+    # one tier → 1 (each worker of a one-tier service holds its own sessions).
+    api_workers: int = Field(0, ge=0)
+    # The model tier's batch limit (one onnxruntime run); 0 = 64 on CUDA, else max_batch_size.
+    model_max_batch_size: int = Field(0, ge=0)
+    # CUDA device of the model tier's sessions.
+    device_id: int = Field(0, ge=0)
+    # How long an API worker waits at start-up for the model tier to have loaded its models.
+    tier_start_timeout_s: float = Field(600.0, gt=0)
+    # JPEG decoding at reduced size for classification (imaging.draft_request): the decoded image's shorter side
+    # must stay ≥ this fraction of the resize target. 1.0 = never below what the resize needs; 0 = off.
+    jpeg_draft: float = Field(1.0, ge=0, le=1)
 
     @field_validator("models", "providers", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    def two_tier(self, has_cuda_driver: bool | None = None) -> bool:
+        if self.tiers != "auto":
+            return self.tiers == "two"
+        if has_cuda_driver is None:
+            from .runtime import cuda_driver_present
+
+            has_cuda_driver = cuda_driver_present()
+        return has_cuda_driver
+
+    def api_worker_count(self, two_tier: bool, cores: int | None = None) -> int:
+        if self.api_workers:
+            return self.api_workers
+        if not two_tier:
+            return 1
+        cores = cores if cores is not None else len(os.sched_getaffinity(0))
+        return max(1, min(16, cores - 1))
+
+    def model_batch_limit(self, on_cuda: bool) -> int:
+        if self.model_max_batch_size:
+            return self.model_max_batch_size
+        return 64 if on_cuda else self.max_batch_size
+
+    def session_processes(self) -> int:
+        """Processes on this machine that each hold their own onnxruntime sessions: the model tier alone with two
+        tiers, every API worker with one."""
+        return 1 if self.two_tier() else self.api_worker_count(False)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -14,7 +14,6 @@ import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import bentoml
 import numpy as np
 from fastapi import APIRouter, Request
@@ -84,8 +83,10 @@ def _shape(dims: list[Any]) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in dims]
 
 
-def _tensor_meta(args: list[Any]) -> list[dict[str, Any]]:
-    return [{"name": a.name, "datatype": ORT_TO_V2.get(a.type, a.type), "shape": _shape(a.shape)} for a in args]
+def _tensor_meta(args: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"name": a["name"], "datatype": ORT_TO_V2.get(a["type"], a["type"]), "shape": _shape(a["shape"])} for a in args
+    ]
 
 
 @router.get("")
@@ -113,7 +114,7 @@ async def server_ready() -> Response:
 async def _metadata(name: str, model_version: str | None) -> JSONResponse:
     try:
         model = _model(name, model_version)
-        session = model.require_ready()
+        model.require_ready()
     except ServeError as exc:
         return _error(exc)
     return JSONResponse(
@@ -121,8 +122,8 @@ async def _metadata(name: str, model_version: str | None) -> JSONResponse:
             "name": model.name,
             "versions": [MODEL_VERSION],
             "platform": "onnxruntime_onnx",
-            "inputs": _tensor_meta(session.get_inputs()),
-            "outputs": _tensor_meta(session.get_outputs()),
+            "inputs": _tensor_meta(model.inputs),
+            "outputs": _tensor_meta(model.outputs),
             "parameters": {"task": model.task, "precision": model.precision, "source": model.source},
         }
     )
@@ -137,8 +138,8 @@ async def _ready(name: str, model_version: str | None) -> Response:
 
 
 def _decode_inputs(header: dict[str, Any], binary: bytes, model: LoadedModel) -> dict[str, np.ndarray]:
-    session = model.require_ready()
-    graph_inputs = {i.name: i for i in session.get_inputs()}
+    model.require_ready()
+    graph_inputs = {i["name"]: i for i in model.inputs}
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadInput('"inputs" must be a non-empty list of tensors')
@@ -153,12 +154,12 @@ def _decode_inputs(header: dict[str, Any], binary: bytes, model: LoadedModel) ->
             raise BadInput(f"unknown input {name!r}; model {model.name!r} takes {', '.join(graph_inputs)}")
         if datatype not in V2_DATATYPES:
             raise BadInput(f"input {name!r}: unknown datatype {datatype!r}")
-        expected_type = ORT_TO_V2.get(graph_inputs[name].type)
+        expected_type = ORT_TO_V2.get(graph_inputs[name]["type"])
         if datatype != expected_type:
             raise BadInput(f"input {name!r} must be {expected_type}, got {datatype}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise BadInput(f"input {name!r}: shape must be a list of non-negative integers")
-        expected_shape = _shape(graph_inputs[name].shape)
+        expected_shape = _shape(graph_inputs[name]["shape"])
         if len(shape) != len(expected_shape) or any(
             e not in (-1, d) for e, d in zip(expected_shape, shape, strict=True)
         ):
@@ -198,7 +199,7 @@ def _decode_inputs(header: dict[str, Any], binary: bytes, model: LoadedModel) ->
 async def _infer(name: str, model_version: str | None, request: Request) -> Response:
     try:
         model = _model(name, model_version)
-        session = model.require_ready()
+        model.require_ready()
         body = await request.body()
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
@@ -214,13 +215,13 @@ async def _infer(name: str, model_version: str | None, request: Request) -> Resp
         if not isinstance(header, dict):
             raise BadInput("the inference request must be a JSON object")
         feed = _decode_inputs(header, binary, model)
-        requested = header.get("outputs") or [{"name": o.name} for o in session.get_outputs()]
-        names = [o.name for o in session.get_outputs()]
+        names = model.output_names
+        requested = header.get("outputs") or [{"name": n} for n in names]
         if not isinstance(requested, list) or any(
             not isinstance(o, dict) or o.get("name") not in names for o in requested
         ):
             raise BadInput(f"outputs must name graph outputs: {', '.join(names)}")
-        results = await anyio.to_thread.run_sync(lambda: session.run([o["name"] for o in requested], feed))
+        results = await _service().run_graph(model, [o["name"] for o in requested], feed)
     except ServeError as exc:
         return _error(exc)
 
