@@ -303,16 +303,14 @@ def _agreement(spec: dict, fp32: Path, variant: Path) -> Quality:
         k = min(5, p.shape[1])
         top_p, top_q = np.argsort(-p, axis=1)[:, :k], np.argsort(-q, axis=1)[:, :k]
         overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_p, top_q, strict=True)]))
-        logp, logq = np.log(np.maximum(p, 1e-30)), np.log(np.maximum(q, 1e-30))
         # log-softmax is the logits minus a per-image constant: centring each row recovers the centred logits.
-        logit_cos = float(
-            np.mean(
-                [
-                    _cosine(a - a.mean(), b - b.mean())
-                    for a, b in zip(logp.astype(np.float64), logq.astype(np.float64), strict=True)
-                ]
-            )
-        )
+        # Classes whose probability underflows float32 in either file carry no logit; they are left out.
+        cosines = []
+        for a, b in zip(p.astype(np.float64), q.astype(np.float64), strict=True):
+            finite = (a > 1e-30) & (b > 1e-30)
+            la, lb = np.log(a[finite]), np.log(b[finite])
+            cosines.append(_cosine(la - la.mean(), lb - lb.mean()))
+        logit_cos = float(np.mean(cosines))
         return Quality(
             "top5_overlap",
             1.0,

@@ -160,12 +160,13 @@ def test_cli_int8_calibrates_on_a_user_folder(tmp_path: Path) -> None:
 
 
 def _resnet18_with_bn_statistics(path: Path) -> None:
-    """Random ResNet-18 weights whose BatchNorm statistics are randomised too, so activations are not all
-    normalised to the same scale and the classes get distinct, non-flat scores (like a trained network)."""
+    """Random ResNet-18 weights whose BatchNorm statistics are randomised too, so channels are not all normalised
+    alike, with the last layer scaled so the logits on the photos spread like a trained network's (std ≈ 3):
+    confident top classes, a meaningful top-5, no probabilities underflowing to 0."""
     from safetensors.torch import save_file
 
     torch.manual_seed(7)
-    model = models.build_model("resnet18")
+    model = models.build_model("resnet18").eval()
     generator = torch.Generator().manual_seed(7)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -174,6 +175,14 @@ def _resnet18_with_bn_statistics(path: Path) -> None:
             module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    spec = models.get_spec("resnet18")
+    images = torch.from_numpy(photo_images(Preprocess.from_spec(spec.to_json_dict())))
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((images - mean) / std)
+        scale = 3.0 / float((logits - logits.mean(1, keepdim=True)).std())
+        model.fc.weight.mul_(scale)
+        model.fc.bias.mul_(scale)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
@@ -189,10 +198,10 @@ def test_imagenet_classifier_keeps_top5_and_logit_direction(precision: str, tmp_
     # The fp32 file is not flat on these photos: its top class is confident compared with uniform 1/1000.
     images = photo_images(Preprocess.from_spec(read_metadata(fp32)["cnnserve.spec"]))
     (probs,) = _session(fp32).run(None, {"images": images})
-    assert float(probs.max(1).mean()) > 10 / 1000
+    assert 10 / 1000 < float(probs.max(1).mean()) < 0.99
     if precision == "fp16":
         assert quality["max_abs_probability_delta"] <= 1e-2
-        assert quality["variant"] >= 0.95 and quality["logit_cosine"] >= 0.999
+        assert quality["variant"] >= 0.95 and quality["logit_cosine"] >= 0.995
     else:
         assert quality["variant"] >= 0.8 and quality["top1_agreement"] >= 0.8
         assert quality["logit_cosine"] >= 0.98
