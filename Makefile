@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 3000
 PYTEST_ARGS ?=
 
-.PHONY: install serve export-defaults test test-all lint format bench clean browser-deps
+.PHONY: install serve export-defaults test test-all lint format bench bento clean browser-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/cnnserve bench --model resnet50 --output bench-results/resnet50.json
+
+# The torch-free serving bento with the default set inside (CNNSERVE_MODELS=a,b picks others); docs/deploy.md.
+bento: export-defaults
+	$(BIN)/cnnserve bento
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

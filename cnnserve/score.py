@@ -7,16 +7,27 @@ Same ONNX file (from the store or a path), same decoding, pre-processing and ans
 service, so a JSONL line equals the HTTP answer for the same image. A file that cannot be read gets an
 ``{"path", "error"}`` line and the run goes on; ``--resume`` skips paths already in the output, so a killed run
 loses nothing and duplicates nothing (each line is flushed as soon as its batch is done).
+
+One :class:`Scorer` (a session + the answer options: paths → answers, in order) is the whole chain, and three engines
+drive it: in this process, in ``--workers`` processes (one session each), or on Ray (``cnnserve.ray_engine``: Ray
+Data ``map_batches`` over actors that each hold one session). Whatever the engine, the driver writes the answers in
+input order through one sink: JSONL (a line per image, flushed per batch) or, for an output ending in ``.parquet``, a
+Parquet dataset folder (one part file per batch, renamed into place when complete), so ``--resume`` works the same
+way for both. Inputs are files, folders, globs, or CSV / Parquet manifests with a ``path`` column.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import glob
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +40,53 @@ from service.imaging import decode_image, preprocess
 from service.runtime import LoadedModel, load_model, select_providers
 from service.store import resolve_model_file
 
-__all__ = ["IMAGE_SUFFIXES", "expand_inputs", "already_scored", "score_files"]
+__all__ = [
+    "ENGINES",
+    "IMAGE_SUFFIXES",
+    "MANIFEST_SUFFIXES",
+    "Scorer",
+    "ScorerConfig",
+    "already_scored",
+    "expand_inputs",
+    "open_sink",
+    "read_manifest",
+    "score_files",
+]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MANIFEST_SUFFIXES = {".csv", ".parquet"}
+ENGINES = ("local", "ray")
+
+
+def read_manifest(path: Path) -> list[str]:
+    """Image paths from a CSV or Parquet manifest: its ``path`` column, else its first column."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return []
+        header = [h.strip() for h in rows[0]]
+        if "path" in header:
+            column = header.index("path")
+            return [row[column] for row in rows[1:] if len(row) > column and row[column]]
+        return [row[0] for row in rows if row and row[0]]  # no header: one path per row
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = "path" if "path" in table.column_names else table.column_names[0]
+    return [str(p) for p in table.column(column).to_pylist() if p]
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
-    """Files, folders (recursive, image suffixes only) and globs → a sorted, de-duplicated list of paths."""
+    """Files, folders (recursive, image suffixes only), globs and manifests (CSV / Parquet) → a de-duplicated list
+    of paths (folders and globs sorted, manifests in their own order)."""
     found: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+            found += read_manifest(path)
         elif path.exists():
             found.append(str(path))
         else:
@@ -121,11 +167,186 @@ def _batches(paths: list[str], size: int) -> Iterator[list[str]]:
         yield paths[i : i + size]
 
 
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Everything a :class:`Scorer` needs, picklable, so a worker process or a Ray actor can build its own."""
+
+    name: str
+    model_path: str
+    files: str  # folder for PNG answers (masks, images), beside the output
+    providers: tuple[str, ...] = ()
+    top_k: int = 5
+    overlay: bool = False
+    heatmap: bool = False
+    max_pixels: int = 50_000_000
+
+
+class Scorer:
+    """One onnxruntime session and the answer options: a list of image paths → one record per path, in order.
+
+    A record is ``{"path", …the HTTP answer…}`` or ``{"path", "error"}`` for a file that cannot be read. Images of
+    one shape share one ``run`` (models with dynamic input sizes get several groups)."""
+
+    def __init__(self, config: ScorerConfig, *, model_path: str | None = None) -> None:
+        import onnxruntime as ort
+
+        self.config = config
+        self.model: LoadedModel = load_model(
+            config.name,
+            Path(model_path or config.model_path),
+            providers=select_providers(list(config.providers), ort.get_available_providers()),
+            warm_up=False,
+        )
+        self.model.require_ready()
+        self.options = AnswerOptions(top_k=config.top_k, overlay=config.overlay, heatmap=config.heatmap)
+        self.files = Path(config.files)
+
+    def score(self, paths: list[str]) -> list[dict]:
+        model, pre = self.model, self.model.preprocess
+        records: dict[str, dict] = {}
+        tensors, uploads, ok = [], [], []
+        for p in paths:
+            try:
+                with open(p, "rb") as f:
+                    img = decode_image(f.read(), max_pixels=self.config.max_pixels)
+                tensors.append(preprocess(img, pre))
+                uploads.append(img)
+                ok.append(p)
+            except (ServeError, OSError) as exc:
+                message = exc.message if isinstance(exc, ServeError) else f"cannot read file: {exc.strerror or exc}"
+                records[p] = {"path": p, "error": message}
+        for indices in _same_shape_groups(tensors):
+            outputs = model.run(np.stack([tensors[i] for i in indices]))
+            for row, i in enumerate(indices):
+                one = {k: v[row] for k, v in outputs.items()}
+                answer = _answer(model, one, uploads[i], tensors[i], self.options, self.files, ok[i])
+                records[ok[i]] = {"path": ok[i], **answer}
+        return [records[p] for p in paths]
+
+
+# --- where the records go ------------------------------------------------------------------------------------------
+
+
+class JsonlSink:
+    """One JSON line per image, flushed and fsynced per batch; resume drops a torn last line."""
+
+    def __init__(self, output: Path, *, resume: bool) -> None:
+        self.done = already_scored(output) if resume else set()
+        if not resume and output.exists():
+            output.unlink()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self._file = output.open("a", encoding="utf-8")
+
+    def write(self, records: list[dict]) -> None:
+        self._file.write("".join(json.dumps(r) + "\n" for r in records))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ParquetSink:
+    """A Parquet dataset folder: one ``part-NNNNNN.parquet`` per batch, written to a temporary name and renamed, so
+    a killed run leaves only complete parts. Columns: ``path``, ``model``, ``error`` and ``answer`` (the rest of
+    the record as JSON, whose fields differ by task). ``pyarrow.parquet.read_table(folder)`` reads it whole."""
+
+    def __init__(self, output: Path, *, resume: bool) -> None:
+        import pyarrow.parquet as pq
+
+        self.output = output
+        if output.is_file() or (output.exists() and not resume):
+            if output.is_file():
+                output.unlink()
+            else:
+                for part in output.glob("part-*"):
+                    part.unlink()
+        output.mkdir(parents=True, exist_ok=True)
+        for torn in output.glob("*.tmp"):
+            torn.unlink()
+        parts = sorted(output.glob("part-*.parquet"))
+        self.done = {p for part in parts for p in pq.read_table(part, columns=["path"]).column("path").to_pylist()}
+        self._next = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+
+    def write(self, records: list[dict]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [
+            {
+                "path": r["path"],
+                "model": r.get("model"),
+                "error": r.get("error"),
+                "answer": None if "error" in r else json.dumps({k: v for k, v in r.items() if k != "path"}),
+            }
+            for r in records
+        ]
+        schema = pa.schema([(name, pa.string()) for name in ("path", "model", "error", "answer")])
+        target = self.output / f"part-{self._next:06d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), target.with_suffix(".tmp"))
+        os.replace(target.with_suffix(".tmp"), target)
+        self._next += 1
+
+    def close(self) -> None:
+        pass
+
+
+def open_sink(output: Path, *, resume: bool) -> JsonlSink | ParquetSink:
+    return ParquetSink(output, resume=resume) if output.suffix == ".parquet" else JsonlSink(output, resume=resume)
+
+
+def read_records(output: Path) -> list[dict]:
+    """The records of a finished run, from either sink, in the order written."""
+    if output.suffix != ".parquet":
+        return [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    import pyarrow.parquet as pq
+
+    records = []
+    for part in sorted(output.glob("part-*.parquet")):
+        for row in pq.read_table(part).to_pylist():
+            answer = json.loads(row["answer"]) if row["answer"] else {"error": row["error"]}
+            records.append({"path": row["path"], **answer})
+    return records
+
+
+# --- engines: each yields lists of records in input order ----------------------------------------------------------
+
+_worker_scorer: Scorer | None = None
+
+
+def _init_worker(config: ScorerConfig) -> None:
+    global _worker_scorer
+    _worker_scorer = Scorer(config)
+
+
+def _score_in_worker(paths: list[str]) -> list[dict]:
+    assert _worker_scorer is not None
+    return _worker_scorer.score(paths)
+
+
+def _worker_chunks(config: ScorerConfig, paths: list[str], batch_size: int, workers: int) -> Iterator[list[dict]]:
+    # Fresh interpreters (spawn): onnxruntime's thread pools do not survive fork. At most 2 batches per worker in
+    # flight, taken in order, so memory stays bounded and the output order is the input order.
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(config,)
+    ) as ex:
+        pending: list[Future] = []
+        for chunk in _batches(paths, batch_size):
+            pending.append(ex.submit(_score_in_worker, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
 def score_files(
     model_ref: str,
     inputs: Iterable[str],
     output: Path,
     *,
+    engine: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
     batch_size: int = 16,
     resume: bool = False,
     top_k: int = 5,
@@ -136,54 +357,49 @@ def score_files(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
-    """Score every input into ``output`` (JSONL); returns counts of scored, failed and skipped images."""
-    import onnxruntime as ort
-
+    """Score every input into ``output`` (JSONL, or a Parquet folder for ``*.parquet``); returns counts of scored,
+    failed and skipped images. ``engine="ray"`` runs on the Ray cluster at ``ray_address`` (default: a local one)
+    with ``workers`` actors; ``engine="local"`` in ``workers`` processes."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     name, path = resolve_model_file(model_ref)
-    model: LoadedModel = load_model(
-        name, path, providers=select_providers(providers or [], ort.get_available_providers()), warm_up=False
+    config = ScorerConfig(
+        name=name,
+        model_path=str(path),
+        files=str(output.with_name(output.stem + "_files")),  # masks and images, referenced from the output by path
+        providers=tuple(providers or ()),
+        top_k=top_k,
+        overlay=overlay,
+        heatmap=heatmap,
+        max_pixels=max_pixels,
     )
-    model.require_ready()
-    pre = model.preprocess
+    scorer: Scorer | None = Scorer(config)  # a broken model fails here, with the service's message
+    if engine == "ray" or workers > 1:
+        scorer = None  # checked; each worker or actor builds its own
+
+    def chunks_of(paths: list[str]) -> Iterator[list[dict]]:
+        if engine == "ray":
+            from .ray_engine import ray_chunks
+
+            return ray_chunks(config, paths, batch_size, workers, address=ray_address)
+        if scorer is None:
+            return _worker_chunks(config, paths, batch_size, workers)
+        return (scorer.score(chunk) for chunk in _batches(paths, batch_size))
 
     paths = expand_inputs(inputs)
-    skipped = 0
-    if resume:
-        done = already_scored(output)
-        skipped = sum(1 for p in paths if p in done)
-        paths = [p for p in paths if p not in done]
-    elif output.exists():
-        output.unlink()
+    sink = open_sink(output, resume=resume)
+    skipped = sum(1 for p in paths if p in sink.done)
+    paths = [p for p in paths if p not in sink.done]
     if on_total:
         on_total(len(paths))
     counts = {"scored": 0, "failed": 0, "skipped": skipped}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    files = output.with_name(output.stem + "_files")  # masks and images, referenced from the JSONL by path
-    options = AnswerOptions(top_k=top_k, overlay=overlay, heatmap=heatmap)
-    with output.open("a", encoding="utf-8") as out:
-        for chunk in _batches(paths, batch_size):
-            lines: dict[str, dict] = {}
-            tensors, uploads, ok = [], [], []
-            for p in chunk:
-                try:
-                    with open(p, "rb") as f:
-                        img = decode_image(f.read(), max_pixels=max_pixels)
-                    tensors.append(preprocess(img, pre))
-                    uploads.append(img)
-                    ok.append(p)
-                except (ServeError, OSError) as exc:
-                    message = exc.message if isinstance(exc, ServeError) else f"cannot read file: {exc.strerror or exc}"
-                    lines[p] = {"path": p, "error": message}
-            for indices in _same_shape_groups(tensors):
-                outputs = model.run(np.stack([tensors[i] for i in indices]))
-                for row, i in enumerate(indices):
-                    one = {k: v[row] for k, v in outputs.items()}
-                    lines[ok[i]] = {"path": ok[i], **_answer(model, one, uploads[i], tensors[i], options, files, ok[i])}
-            for p in chunk:  # input order, one flushed line each
-                out.write(json.dumps(lines[p]) + "\n")
-                counts["failed" if "error" in lines[p] else "scored"] += 1
-            out.flush()
-            os.fsync(out.fileno())
+    try:
+        for records in chunks_of(paths) if paths else ():
+            sink.write(records)
+            for record in records:
+                counts["failed" if "error" in record else "scored"] += 1
             if progress:
-                progress(len(chunk))
+                progress(len(records))
+    finally:
+        sink.close()
     return counts
