@@ -9,6 +9,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .imaging import to_model_mode
+
 __all__ = ["png_bytes", "png_base64", "palette", "colour_overlay", "heat_map", "draw_detections", "draw_legend"]
 
 
@@ -72,8 +74,9 @@ def draw_detections(
     ``detections`` are the answer's ``{"box", "index", "label", "score"}`` (boxes in the image's pixels);
     ``masks`` one boolean (height, width) array per detection.
     """
+    num_classes = max(num_classes, 1)  # a model without labels: one colour for all
     colours = palette(num_classes + 1)  # index + 1: class 0 of a detector is a real class, not black background
-    rgb = image.convert("RGB")
+    rgb = to_model_mode(image, 3)  # as the model saw it: transparency on white, 16-bit scaled
     if masks:
         painted = np.asarray(rgb, dtype=np.float32)
         for det, mask in zip(detections, masks, strict=True):
