@@ -112,17 +112,44 @@ def test_score_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not in the model store" in result.stderr
 
 
-def test_bench_writes_results(tmp_path: Path) -> None:
+def test_bench_runtime_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    run("bench", "--model", "lenet5", "--batch", "1", "--batch", "4", "--repeats", "3", "--output", str(out))
+    run(
+        "bench", "runtime", "--model", "lenet5", "--batch", "1", "--batch", "4", "--precision", "fp32",
+        "--precision", "int8", "--repeats", "3", "--output", str(out),
+    )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["model"] == "lenet5"
     timed = [r for r in result["results"] if "median_ms" in r]
     assert {(r["runtime"], r["batch"]) for r in timed} == {
-        (rt, b) for rt in ("pytorch-eager", "onnxruntime-cpu") for b in (1, 4)
+        (rt, b) for rt in ("pytorch-eager", "onnxruntime-cpu", "onnxruntime-cpu-int8") for b in (1, 4)
     }
     assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 for r in timed)
     assert {r["batch"] for r in result["results"] if "ratio" in r} == {1, 4}
+    assert result["quality"]["int8"]["metric"] == "top5_overlap"
+
+
+def test_bench_suite_writes_results_table_and_plots(tmp_path: Path) -> None:
+    """The in-process parts of `cnnserve bench` (the served and peer parts are in the slow run of the suite)."""
+    out = tmp_path / "bench"
+    run(
+        "bench", "--model", "lenet5", "--families", "lenet5", "--batches", "1,4", "--repeats", "2",
+        "--parts", "families,runtime", "--output-dir", str(out),
+    )  # fmt: skip
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["families"]) == {"lenet5"}
+    assert {(r["runtime"], r["batch"]) for r in result["runtime"] if "median_ms" in r} == {
+        (rt, b) for rt in ("pytorch-eager", "onnxruntime-cpu", "onnxruntime-cpu-int8") for b in (1, 4)
+    }
+    assert result["prepost_ms"] > 0 and result["machine"]["cores_usable"] >= 1
+    statuses = {t["name"]: t["status"] for t in result["targets"]}
+    assert statuses["served fp32 / FastAPI + PyTorch peer, 16 clients"] == "not measured"
+    assert statuses["onnxruntime fp32 / eager, batch 1, lenet5"] in ("met", "missed")
+    report = (out / "RESULTS.md").read_text()
+    assert "## Targets" in report and "| lenet5 |" in report and "load average" in report
+    assert (out / "throughput_vs_batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run("bench", "--parts", "everything", check=False)
+    assert bad.returncode == 2 and "unknown part" in bad.stderr
 
 
 def test_score_detection_equals_the_http_answer(model_store: dict[str, str], server, tmp_path: Path) -> None:
