@@ -88,6 +88,14 @@ def start_server(env_overrides: dict[str, str], log: Path) -> Server:
 
     port = free_port()
     env = {**os.environ, **env_overrides}
+    # Each server gets its own BENTOML_HOME sharing the session's model store: BentoML keeps its Prometheus
+    # multiprocess files under BENTOML_HOME and clears them at start, so two servers on one home would wipe
+    # each other's /metrics.
+    home = log.parent / f"{log.stem}-home"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "models").exists():
+        (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    env["BENTOML_HOME"] = str(home)
     out = log.open("wb")
     process = subprocess.Popen(
         [str(BIN / "bentoml"), "serve", "--port", str(port), "--host", "127.0.0.1"],
