@@ -37,7 +37,8 @@ class ScoreActor:
         with os.fdopen(handle, "wb") as f:
             f.write(ray.get(model[0]))
         try:
-            self.scorer = Scorer(replace(config, model_path=local))
+            # One CPU reserved per actor (num_cpus=1 below), so one onnxruntime thread: Ray packs actors per core.
+            self.scorer = Scorer(replace(config, model_path=local, threads=config.threads or 1))
         finally:
             os.unlink(local)
 

@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -179,6 +179,8 @@ class ScorerConfig:
     overlay: bool = False
     heatmap: bool = False
     max_pixels: int = 50_000_000
+    processes: int = 1  # scorers running side by side on one machine: each session takes its share of the cores
+    threads: int = 0  # onnxruntime intra-op threads per session; 0 = the share above
 
 
 class Scorer:
@@ -187,15 +189,21 @@ class Scorer:
     A record is ``{"path", …the HTTP answer…}`` or ``{"path", "error"}`` for a file that cannot be read. Images of
     one shape share one ``run`` (models with dynamic input sizes get several groups)."""
 
-    def __init__(self, config: ScorerConfig, *, model_path: str | None = None) -> None:
+    def __init__(self, config: ScorerConfig) -> None:
         import onnxruntime as ort
 
+        from service.session_options import SessionConfig
+        from service.settings import get_settings
+
         self.config = config
+        session = replace(SessionConfig.from_settings(get_settings()), processes=config.processes)
         self.model: LoadedModel = load_model(
             config.name,
-            Path(model_path or config.model_path),
+            Path(config.model_path),
             providers=select_providers(list(config.providers), ort.get_available_providers()),
+            intra_op_threads=config.threads,
             warm_up=False,
+            session_config=session,
         )
         self.model.require_ready()
         self.options = AnswerOptions(top_k=config.top_k, overlay=config.overlay, heatmap=config.heatmap)
@@ -327,6 +335,7 @@ def _score_in_worker(paths: list[str]) -> list[dict]:
 def _worker_chunks(config: ScorerConfig, paths: list[str], batch_size: int, workers: int) -> Iterator[list[dict]]:
     # Fresh interpreters (spawn): onnxruntime's thread pools do not survive fork. At most 2 batches per worker in
     # flight, taken in order, so memory stays bounded and the output order is the input order.
+    config = replace(config, processes=workers)
     with ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(config,)
     ) as ex:
