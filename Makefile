@@ -50,7 +50,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/cnnserve bench --model resnet50 --output bench-results/resnet50.json
+	$(BIN)/cnnserve bench
 
 # The torch-free serving bento with the default set inside (CNNSERVE_MODELS=a,b picks others); docs/deploy.md.
 bento: export-defaults

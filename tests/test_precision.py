@@ -205,3 +205,28 @@ def test_imagenet_classifier_keeps_top5_and_logit_direction(precision: str, tmp_
     else:
         assert quality["variant"] >= 0.8 and quality["top1_agreement"] >= 0.8
         assert quality["logit_cosine"] >= 0.98
+
+
+def test_models_route_shows_the_variant_and_its_quality(tmp_path: Path) -> None:
+    """A served int8 variant answers like its fp32 file and `GET /models` shows its precision and quality drop."""
+    import requests
+    from conftest import start_server, stop_server
+
+    base_tag = export_model("lenet5", weights="demo", tag="lenet5").tag  # the session's private store
+    tag = export_model("lenet5", weights="demo", precision="int8").tag
+    assert base_tag.startswith("lenet5:") and tag.startswith("lenet5-int8:")
+    server = start_server({"CNNSERVE_MODELS": "lenet5,lenet5-int8"}, tmp_path / "serve.log")
+    try:
+        listed = {m["name"]: m for m in requests.get(f"{server.url}/models", timeout=30).json()["models"]}
+        variant, base = listed["lenet5-int8"], listed["lenet5"]
+        assert variant["ready"] and variant["precision"] == "int8" and base["quality"] is None
+        assert variant["quality"]["metric"] == "accuracy" and variant["quality"]["drop"] <= GATES["lenet5"]
+        split = digits_split()
+        for pixels, label in zip(split.test_images[:5], split.test_labels[:5], strict=True):
+            files = {"image": ("d.png", digit_png(pixels), "image/png")}
+            answer = requests.post(
+                f"{server.url}/classify", files=files, data={"model": "lenet5-int8"}, timeout=30
+            ).json()
+            assert answer["predictions"][0]["label"] == str(label)
+    finally:
+        stop_server(server)
