@@ -77,6 +77,7 @@ def export(
     """Build, load weights, export ONNX (dynamic batch), check parity, [make the fp16/int8/uint8 variant and
     measure its quality drop], save to the BentoML model store."""
     from export import DEFAULT_EXPORTS, ExportError, export_model
+    from export.pipeline import store_tag
     from export.weights import WeightsError
 
     if defaults:
@@ -86,7 +87,7 @@ def export(
     else:
         raise _fail("give a model NAME or --defaults")
     for model_name, model_weights in jobs:
-        if missing_only and _in_store(model_name):
+        if missing_only and _in_store(store_tag(model_name, precision, input_dtype)):
             typer.echo(f"{model_name}: already in the store")
             continue
         try:
