@@ -29,8 +29,12 @@ __all__ = ["ScoreActor", "ray_chunks"]
 class ScoreActor:
     """A Ray Data UDF: paths in (column ``path``), records out (column ``record``, one JSON string per path)."""
 
-    def __init__(self, config: ScorerConfig, model: list) -> None:
+    def __init__(self, config: ScorerConfig, model: list, cwd: str) -> None:
         import ray
+
+        # Relative input and output paths mean what they meant to the driver (same paths on every node).
+        if os.path.isdir(cwd):
+            os.chdir(cwd)
 
         # The model bytes come from the object store; onnxruntime loads from a file, so write one per actor.
         handle, local = tempfile.mkstemp(suffix=".onnx", prefix=f"cnnserve-{config.name}-")
@@ -63,7 +67,8 @@ def ray_chunks(
         model_ref = ray.put(f.read())
     dataset = ray.data.from_items([{"path": p} for p in paths]).map_batches(
         ScoreActor,
-        fn_constructor_kwargs={"config": config, "model": [model_ref]},  # a list: Ray passes the ref, not the bytes
+        # The ref in a list: Ray hands the actor the reference, and the actor fetches the bytes itself.
+        fn_constructor_kwargs={"config": config, "model": [model_ref], "cwd": os.getcwd()},
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=max(1, actors),
