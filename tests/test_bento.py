@@ -63,7 +63,6 @@ def test_bento_packs_the_chosen_models_and_serving_requirements_only(bento, mode
 
 def test_bento_dockerfile_serves_on_3000_and_adds_cuda_libraries(bento) -> None:
     dockerfile = (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()
-    assert dockerfile.startswith("# syntax") or "FROM python:3.11" in dockerfile
     assert "FROM python:3.11-slim" in dockerfile and "EXPOSE 3000" in dockerfile
     assert "requirements.txt" in dockerfile and "torch" not in dockerfile
     # the setup script (deploy/docker/cuda-libs.sh) is copied into the bento and run while the image is built
@@ -99,7 +98,10 @@ def test_built_bento_serves_in_a_fresh_environment(bento, model_store: dict[str,
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "true",
     }
-    subprocess.run([str(venv / "bin" / "bentoml"), "import", str(archive)], check=True, env=env, capture_output=True)
+    imported = subprocess.run(
+        [str(venv / "bin" / "bentoml"), "import", str(archive)], env=env, capture_output=True, text=True
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
 
     port = _free_port()
     log = (tmp_path / "serve.log").open("wb")
@@ -113,7 +115,7 @@ def test_built_bento_serves_in_a_fresh_environment(bento, model_store: dict[str,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180  # a cold start: first imports compile
         while True:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
