@@ -7,9 +7,10 @@
   which ``taskset``/cpusets set) capped by a cgroup v2 CPU quota (``cpu.max``, what ``docker --cpus`` and
   Kubernetes limits set). Inter-op threads are 1 and the execution mode sequential: a CNN graph is a chain, there
   is nothing to run side by side, and a second pool would only take cores from the first.
-* **Spinning.** onnxruntime's pool threads spin after their work for a while, burning CPU to start the next op
-  sooner. That pays for one busy process on dedicated cores and hurts when processes or other jobs share them, so
-  it is on only when one process holds all the cores (``CNNSERVE_ORT_SPINNING`` overrides).
+* **Spinning off.** onnxruntime's pool threads spin after their work for a while, burning CPU to start the next op
+  sooner. That pays for a process that does nothing but run the model on dedicated cores; a serving process also
+  decodes, resizes and answers HTTP on the same cores, and other processes or jobs may share them, so spinning
+  would take the CPU those threads need (``CNNSERVE_ORT_SPINNING=true`` turns it on).
 * **Memory.** CPU memory arena and memory-pattern planning stay on (re-used buffers across runs of the same shape:
   the batcher forms few shapes). The arena grows by what is requested, not the next power of two
   (``kSameAsRequested`` via a process-wide arena shared by every session — one pool instead of one per model).
@@ -128,7 +129,7 @@ class SessionConfig:
     intra_op_threads: int = 0  # 0 = cores / processes
     inter_op_threads: int = 0  # 0 = 1
     processes: int = 1  # processes on this machine holding their own sessions (one-tier API workers)
-    spinning: bool | None = None  # None = on only when one process holds all the cores
+    spinning: bool = False
     cache_dir: Path | None = None  # None = no cache of optimised graphs
     shared_arena: bool = True
 
@@ -159,9 +160,9 @@ class SessionConfig:
         options.inter_op_num_threads = inter
         options.enable_cpu_mem_arena = True
         options.enable_mem_pattern = True
-        spinning = self.spinning if self.spinning is not None else (self.processes == 1 and intra >= cores)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        spin = "1" if self.spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         if self.shared_arena and _shared_cpu_arena():
             options.add_session_config_entry("session.use_env_allocators", "1")
         return options

@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     # Inter-op threads per session; 0 = 1 (sequential execution: a CNN graph is a chain).
     inter_op_threads: int = Field(0, ge=0)
-    # Let onnxruntime's pool threads spin between ops; unset = only when one process holds all the cores.
-    ort_spinning: bool | None = None
+    # Let onnxruntime's pool threads spin between ops (off: a serving process decodes and answers on the same cores).
+    ort_spinning: bool = False
     # Cache of optimised graphs (keyed by file hash, onnxruntime version, providers, CPU), so a restart does not
     # optimise again; ort_cache_dir empty = $XDG_CACHE_HOME/cnnserve/ort (~/.cache/cnnserve/ort).
     ort_cache: bool = True

@@ -51,12 +51,12 @@ def test_settings_give_each_session_its_share(monkeypatch: pytest.MonkeyPatch) -
     assert config.threads(cores=16) == (4, 1)
     options = config.options(cores=16)
     assert options.intra_op_num_threads == 4 and options.inter_op_num_threads == 1
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # shared cores: no spinning
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
     two_tier = Settings(tiers="two", api_workers=4)  # only the model tier holds sessions
     assert SessionConfig.from_settings(two_tier).threads(cores=16) == (16, 1)
-    alone = SessionConfig.from_settings(Settings(tiers="one")).options(cores=8)
-    assert alone.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    spinning = SessionConfig.from_settings(Settings(ort_spinning=True)).options(cores=8)
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert SessionConfig.from_settings(Settings(tiers="one", intra_op_threads=3)).threads(cores=16) == (3, 1)
     assert SessionConfig.from_settings(Settings(ort_cache=False)).cache_dir is None
     assert SessionConfig.from_settings(Settings(ort_cache_dir="/x/y")).cache_dir == Path("/x/y")
