@@ -370,6 +370,55 @@ def bench_http(
     _http_load(url, model, image, route, concurrency, duration, expect, output)
 
 
+def _csv_floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: Annotated[str, typer.Option(help="store tag to serve, e.g. resnet50-fp16-u8 (export it first)")] = (
+        "resnet50"
+    ),
+    clients: Annotated[str, typer.Option(help="concurrent clients for cnnserve")] = "1,16,64,256",
+    peer_clients: Annotated[str, typer.Option(help="concurrent clients for the peers")] = "1,64",
+    duration: Annotated[float, typer.Option(min=0.5, help="seconds of load per level")] = 8.0,
+    api_workers: Annotated[str, typer.Option(help="API-worker counts to try (0 = auto)")] = "0",
+    jpeg_draft: Annotated[str, typer.Option(help="CNNSERVE_JPEG_DRAFT values to try")] = "1.0",
+    peers: Annotated[str, typer.Option(help="peers to start: torch,bentoml ('' for none)")] = "torch,bentoml",
+    peer_workers: Annotated[int, typer.Option(min=1, help="workers of the plain BentoML peer")] = 4,
+    raw_batches: Annotated[str, typer.Option(help="batch sizes for raw onnxruntime")] = "1,8,64,256",
+    client_processes: Annotated[int, typer.Option(min=0, help="load-generator processes (0 = auto)")] = 0,
+    output: Annotated[Path, typer.Option(help="results JSON (summary.md next to it)")] = Path(
+        "benchmarks/gpu/results.json"
+    ),
+) -> None:
+    """The served model under heavy load (1…256 clients, 640×480 JPEGs) against the peers it starts itself, with
+    raw onnxruntime, the load generator's own ceiling, and a profile of what is busy; made for the GPU machine."""
+    from .bench_serve import serve_benchmark
+
+    try:
+        serve_benchmark(
+            model=model,
+            levels=_csv_ints(clients),
+            peer_levels=_csv_ints(peer_clients),
+            duration=duration,
+            api_workers=_csv_ints(api_workers),
+            jpeg_draft=_csv_floats(jpeg_draft),
+            peers=tuple(p for p in peers.split(",") if p.strip()),
+            peer_workers=peer_workers,
+            raw_batches=_csv_ints(raw_batches),
+            client_processes=client_processes,
+            output=output,
+            log=typer.echo,
+        )
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"results written to {output}")
+
+
 @bench_app.command("runtime")
 def bench_runtime(
     model: Annotated[str, typer.Option(help="registered model name")] = "resnet50",

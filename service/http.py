@@ -209,17 +209,18 @@ async def handle_image_request(request: Request, route: str, tasks: tuple[str, .
         logger.exception("unexpected error on %s", route)
         response = JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
     service.metrics.requests.labels(model=model_name, route=route, status=str(response.status_code)).inc()
-    access_log.info(
-        json.dumps(
-            {
-                "route": route,
-                "model": model_name,
-                "status": response.status_code,
-                "latency_ms": round((time.perf_counter() - start) * 1000, 2),
-                "bytes": int(request.headers.get("content-length", 0) or 0),
-            }
+    if service.settings.access_log:
+        access_log.info(
+            json.dumps(
+                {
+                    "route": route,
+                    "model": model_name,
+                    "status": response.status_code,
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                    "bytes": int(request.headers.get("content-length", 0) or 0),
+                }
+            )
         )
-    )
     return response
 
 

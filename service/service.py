@@ -143,7 +143,12 @@ _SETTINGS = get_settings()
 TWO_TIER = _SETTINGS.two_tier()
 
 
-@bentoml.service(name="cnnserve-models", workers=1, traffic={"timeout": 60})
+# BentoML's own access log is off on both tiers: the model tier's calls are internal, and the API tier writes one
+# richer JSON line per request itself (``cnnserve.access``); two lines per request cost CPU at thousands a second.
+_NO_BENTOML_ACCESS_LOG = {"access": {"enabled": False}}
+
+
+@bentoml.service(name="cnnserve-models", workers=1, traffic={"timeout": 60}, logging=_NO_BENTOML_ACCESS_LOG)
 class ModelTier:
     """The model tier: one process, the onnxruntime sessions, batching across every API worker's calls.
 
@@ -288,7 +293,12 @@ async def _wait_for_tier(tier: Any, timeout_s: float) -> list[dict[str, Any]]:
             await anyio.sleep(0.5)
 
 
-@bentoml.service(name="cnnserve", workers=_SETTINGS.api_worker_count(TWO_TIER), traffic={"timeout": 60})
+@bentoml.service(
+    name="cnnserve",
+    workers=_SETTINGS.api_worker_count(TWO_TIER),
+    traffic={"timeout": 60},
+    logging=_NO_BENTOML_ACCESS_LOG,
+)
 @bentoml.asgi_app(routes_app, path="/")
 class CNNServe(_ApiBase):
     if TWO_TIER:

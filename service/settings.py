@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # JPEG decoding at reduced size for classification (imaging.draft_request): the decoded image's shorter side
     # must stay ≥ this fraction of the resize target. 1.0 = never below what the resize needs; 0 = off.
     jpeg_draft: float = Field(1.0, ge=0, le=1)
+    # One JSON line per request on the ``cnnserve.access`` logger (never the image bytes).
+    access_log: bool = True
 
     @field_validator("models", "providers", mode="before")
     @classmethod
