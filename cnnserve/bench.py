@@ -73,8 +73,8 @@ def _row(runtime: str, batch: int, times: list[float], **extra: Any) -> dict[str
     return {
         "runtime": runtime,
         "batch": batch,
-        "median_ms": round(median * 1000, 2),
-        "p90_ms": round(float(np.percentile(times, 90)) * 1000, 2),
+        "median_ms": round(median * 1000, 3),
+        "p90_ms": round(float(np.percentile(times, 90)) * 1000, 3),
         "images_per_s": round(batch / median, 1),
         **extra,
     }
@@ -146,7 +146,7 @@ def bench_model(
             rows += [_row(runtime, batch, times) for runtime, times in timed.items()]
             if eager and "onnxruntime-cpu" in timed:
                 ratio = statistics.median(timed["pytorch-eager"]) / statistics.median(timed["onnxruntime-cpu"])
-                rows.append({"runtime": "speedup onnxruntime/pytorch", "batch": batch, "ratio": round(ratio, 2)})
+                rows.append({"runtime": "speedup onnxruntime/pytorch", "batch": batch, "ratio": round(ratio, 3)})
             for row in rows[-len(timed) - 1 :]:
                 log(_format_row(name, row))
     result = {
@@ -301,19 +301,47 @@ def _load_levels(
     rows = []
     for c in clients:
         fields = {"model": model} if model else {}
+        before = _batch_counters(url, model)
         result = run_load(url, image=image, route="/classify", fields=fields, concurrency=c, duration=duration, log=log)
-        rows.append(
-            {
-                "clients": c,
-                "requests_per_s": result["requests_per_s"],
-                "p50_ms": result["latency_ms"]["p50"],
-                "p95_ms": result["latency_ms"]["p95"],
-                "p99_ms": result["latency_ms"]["p99"],
-                "requests": result["requests"],
-                "errors": result["errors"],
-            }
-        )
+        after = _batch_counters(url, model)
+        row = {
+            "clients": c,
+            "requests_per_s": result["requests_per_s"],
+            "p50_ms": result["latency_ms"]["p50"],
+            "p95_ms": result["latency_ms"]["p95"],
+            "p99_ms": result["latency_ms"]["p99"],
+            "requests": result["requests"],
+            "errors": result["errors"],
+        }
+        if before and after and after[1] > before[1]:  # the service's own counters: images and onnxruntime calls
+            row["mean_batch"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+            row["model_busy"] = round((after[2] - before[2]) / result["duration_s"], 2)  # onnxruntime s per s
+        rows.append(row)
     return rows
+
+
+def _batch_counters(url: str, model: str | None) -> tuple[float, float, float] | None:
+    """(images, onnxruntime calls, onnxruntime seconds) so far for ``model``, from the service's ``/metrics``;
+    None for a server without them (the peer)."""
+    import httpx
+
+    if model is None:
+        return None
+    wanted = {
+        f'cnnserve_batch_size_sum{{model="{model}"}}': 0,
+        f'cnnserve_batch_size_count{{model="{model}"}}': 1,
+        f'cnnserve_batch_seconds_sum{{model="{model}"}}': 2,
+    }
+    values = [0.0, 0.0, 0.0]
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key in wanted:
+            values[wanted[key]] = float(value)
+    return values[0], values[1], values[2]
 
 
 # --- the suite ----------------------------------------------------------------------------------------------------
@@ -451,6 +479,14 @@ def _median(rows: list[dict[str, Any]], runtime: str, batch: int) -> float | Non
     return None
 
 
+def _speedup(rows: list[dict[str, Any]], batch: int) -> float | None:
+    """onnxruntime fp32 vs eager at ``batch``, from the unrounded medians (the ``ratio`` row)."""
+    for row in rows:
+        if row.get("runtime") == "speedup onnxruntime/pytorch" and row.get("batch") == batch:
+            return row["ratio"]
+    return None
+
+
 def _at(rows: list[dict[str, Any]] | None, clients: int, key: str) -> float | None:
     for row in rows or []:
         if row["clients"] == clients:
@@ -478,9 +514,7 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         )
 
     for name, rows in result.get("families", {}).items():
-        eager, ort_ = _median(rows, "pytorch-eager", 1), _median(rows, "onnxruntime-cpu", 1)
-        value = eager / ort_ if eager and ort_ else None
-        add(f"onnxruntime fp32 / eager, batch 1, {name}", value, TARGETS["ort_fp32_vs_eager_b1"])
+        add(f"onnxruntime fp32 / eager, batch 1, {name}", _speedup(rows, 1), TARGETS["ort_fp32_vs_eager_b1"])
     runtime = result.get("runtime", [])
     model = result.get("model", "")
     fp32_b8, int8_b8 = _median(runtime, "onnxruntime-cpu", 8), _median(runtime, "onnxruntime-cpu-int8", 8)
@@ -603,8 +637,12 @@ def render_markdown(result: dict[str, Any], plots: list[str]) -> str:
         ]
         lines.append("|---|---|---|---|")
         for name, rows in result["families"].items():
-            eager, ort_ = _median(rows, "pytorch-eager", 1), _median(rows, "onnxruntime-cpu", 1)
-            ratio = f"{eager / ort_:.2f}×" if eager and ort_ else "–"
+            eager, ort_, speedup = (
+                _median(rows, "pytorch-eager", 1),
+                _median(rows, "onnxruntime-cpu", 1),
+                _speedup(rows, 1),
+            )
+            ratio = f"{speedup:.2f}×" if speedup else "–"
             lines.append(f"| {name} | {eager} | {ort_} | {ratio} |")
     if result.get("runtime"):
         lines += [
@@ -637,18 +675,23 @@ def render_markdown(result: dict[str, Any], plots: list[str]) -> str:
             "",
             "## HTTP, one 512×512 JPEG per request (`POST /classify`, closed loop)",
             "",
-            "| server | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |",
-            "|---|---|---|---|---|---|---|",
+            "| server | clients | requests/s | p50 ms | p95 ms | p99 ms | errors | images per onnxruntime call | "
+            "onnxruntime busy |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for label, key in http:
             for row in result.get(key) or []:
+                busy = f"{row['model_busy']:.0%}" if "model_busy" in row else "–"
                 lines.append(
                     f"| {label} | {row['clients']} | {row['requests_per_s']} | {row['p50_ms']} | {row['p95_ms']} | "
-                    f"{row['p99_ms']} | {row['errors']} |"
+                    f"{row['p99_ms']} | {row['errors']} | {row.get('mean_batch', '–')} | {busy} |"
                 )
         lines += [
             "",
-            "The load generator runs on the same cores as the server it measures (as do the peer's and ours).",
+            "The load generator runs on the same cores as the server it measures (for the peer as for ours). "
+            "The last two columns come from the service's own `/metrics` (`cnnserve_batch_size`, "
+            "`cnnserve_batch_seconds`): how many images each onnxruntime call carried, and the fraction of the "
+            "wall time onnxruntime was running.",
         ]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
