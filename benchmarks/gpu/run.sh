@@ -41,6 +41,6 @@ timeout ${BENCH_TIMEOUT:-420} python3 -m cnnserve.cli bench serve --model "$TAG"
 rc=$?
 cp benchmarks/gpu/results.json benchmarks/gpu/summary.md "$OUT/" 2>/dev/null
 logs=$(python3 -c 'import json; print(json.load(open("benchmarks/gpu/results.json"))["logs"])' 2>/dev/null)
-[ -n "$logs" ] && for f in "$logs"/*.log; do tail -c 20000 "$f" >"$OUT/$(basename "$f")"; done
+[ -n "$logs" ] && for f in "$logs"/*.log; do echo "=== $f"; tail -c 12000 "$f"; done >"$OUT/server-logs.txt"
 step "done (bench rc=$rc)"
 exit $rc
