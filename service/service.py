@@ -168,6 +168,7 @@ class ModelTier:
                 max_latency_ms=self.settings.max_latency_ms,
                 observe=_batch_observer(self.metrics, name),
                 pad_batches=model.on_cuda,
+                max_inflight=self.settings.model_inflight_limit(model.on_cuda),
             )
             for name, model in self.models.items()
             if model.ready
@@ -336,6 +337,9 @@ class CNNServe(_ApiBase):
                 max_latency_ms=self.settings.max_latency_ms,
                 observe=None if self.two_tier else _batch_observer(self.metrics, name),
                 pad_batches=model.on_cuda and not self.two_tier,
+                max_inflight=self.settings.api_inflight
+                if self.two_tier
+                else self.settings.model_inflight_limit(model.on_cuda),
             )
             for name, model in self.models.items()
             if model.ready

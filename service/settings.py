@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     api_workers: int = Field(0, ge=0)
     # The model tier's batch limit (one onnxruntime run); 0 = 64 on CUDA, else max_batch_size.
     model_max_batch_size: int = Field(0, ge=0)
+    # Batches of one model running at once in the model tier (0 = 2 on CUDA, so the next batch's copy and launch
+    # overlap the current one's compute; 1 on CPU, where one run already uses every core), and calls to the model
+    # tier in flight per API worker (its requests queue behind them and ride together in the next call).
+    model_inflight: int = Field(0, ge=0)
+    api_inflight: int = Field(2, ge=1)
     # CUDA device of the model tier's sessions.
     device_id: int = Field(0, ge=0)
     # How long an API worker waits at start-up for the model tier to have loaded its models.
@@ -88,6 +93,9 @@ class Settings(BaseSettings):
             return 1
         cores = cores if cores is not None else len(os.sched_getaffinity(0))
         return max(1, min(16, cores - 1))
+
+    def model_inflight_limit(self, on_cuda: bool) -> int:
+        return self.model_inflight or (2 if on_cuda else 1)
 
     def model_batch_limit(self, on_cuda: bool) -> int:
         if self.model_max_batch_size:
