@@ -116,7 +116,7 @@ def test_uint8_input_variant_computes_what_the_service_preprocessing_computes(tm
         np.testing.assert_array_equal(g, e)
 
 
-def test_fp16_uint8_variant_saved_under_the_contract_tag(model_store: dict[str, str]) -> None:
+def test_fp16_uint8_variant_saved_under_the_contract_tag() -> None:  # into the session's private store
     import bentoml
 
     result = export_model("lenet5", weights="demo", precision="fp16", input_dtype="uint8")
