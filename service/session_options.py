@@ -17,12 +17,14 @@
 * **Graph optimisation** ``ORT_ENABLE_ALL`` (constant folding, Conv+BN/activation fusion, and on CPU the NCHWc
   layout transformer, which matters for convolutions). Its result depends on the file, the onnxruntime version,
   the providers and the CPU (NCHWc picks the vector width), so the optimised graph is written to a cache keyed by
-  all four (``SessionOptions.optimized_model_filepath``) and a restart loads it with optimisation off. A cache
-  directory that cannot be written is skipped silently (logged at DEBUG): the model still loads, just slower.
+  all four (``SessionOptions.optimized_model_filepath``) and a restart loads it with optimisation off. The 64 most
+  recently used graphs are kept (every new export is a new key). A cache directory that cannot be written is
+  skipped silently (logged at DEBUG): the model still loads, just slower.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -131,6 +133,7 @@ class SessionConfig:
     processes: int = 1  # processes on this machine holding their own sessions (one-tier API workers)
     spinning: bool = False
     cache_dir: Path | None = None  # None = no cache of optimised graphs
+    cache_entries: int = 64  # optimised graphs kept, most recently used first
     shared_arena: bool = True
 
     @classmethod
@@ -213,7 +216,10 @@ def create_session(
     if cached.is_file():
         try:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            return ort.InferenceSession(str(cached), sess_options=options, providers=providers), "hit"
+            session = ort.InferenceSession(str(cached), sess_options=options, providers=providers)
+            with contextlib.suppress(OSError):
+                os.utime(cached)  # recently used: kept by the pruning below
+            return session, "hit"
         except Exception as exc:  # a torn or stale file: optimise again and overwrite it
             logger.warning("ignoring the cached optimised graph %s: %s", cached, exc)
             options = config.options(cores)
@@ -231,4 +237,19 @@ def create_session(
         logger.debug("could not cache the optimised graph at %s: %s", cached, exc)
         partial.unlink(missing_ok=True)
         return session, "off"
+    _prune(config.cache_dir, keep=config.cache_entries)
     return session, "written"
+
+
+def _prune(directory: Path, *, keep: int) -> None:
+    """Keep the ``keep`` most recently used optimised graphs (every export of a model is a new key)."""
+    try:
+        entries = sorted(
+            (p for p in directory.glob("*.onnx") if not p.name.endswith(".partial.onnx")),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for stale in entries[keep:]:
+            stale.unlink(missing_ok=True)
+    except OSError as exc:  # another process pruning at the same time, or a read-only directory
+        logger.debug("could not prune %s: %s", directory, exc)

@@ -88,6 +88,17 @@ def test_second_load_uses_the_cached_optimised_graph(lenet_file: Path, tmp_path:
     assert cache_key(other, ["CPUExecutionProvider"]) != cached.stem
 
 
+def test_the_cache_keeps_the_most_recently_used_graphs(lenet_file: Path, tmp_path: Path) -> None:
+    config = SessionConfig(cache_dir=tmp_path, cache_entries=2)
+    old = [tmp_path / f"old{i}.onnx" for i in range(3)]
+    for i, path in enumerate(old):
+        path.write_bytes(b"stale")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    assert create_session(lenet_file, ["CPUExecutionProvider"], config)[1] == "written"
+    kept = sorted(p.name for p in tmp_path.glob("*.onnx"))
+    assert kept == sorted([f"{cache_key(lenet_file, ['CPUExecutionProvider'])}.onnx", "old2.onnx"])
+
+
 def test_a_torn_cache_file_is_replaced(lenet_file: Path, tmp_path: Path) -> None:
     config = SessionConfig(cache_dir=tmp_path)
     key = cache_key(lenet_file, ["CPUExecutionProvider"])
