@@ -183,3 +183,20 @@ def test_score_detection_equals_the_http_answer(model_store: dict[str, str], ser
         np.testing.assert_allclose(
             [d["score"] for d in line["detections"]], [d["score"] for d in http["detections"]], atol=1e-5
         )
+
+
+@pytest.mark.slow
+def test_bench_suite_serves_and_drives_the_peer(tmp_path: Path) -> None:
+    """The HTTP parts: `bentoml serve` and the FastAPI + PyTorch peer started by the benchmark, driven, stopped."""
+    out = tmp_path / "bench"
+    run(
+        "bench", "--model", "resnet18", "--parts", "served,peer", "--clients", "1,2", "--duration", "2",
+        "--output-dir", str(out),
+    )  # fmt: skip
+    result = json.loads((out / "results.json").read_text())
+    for key in ("served", "served_int8", "peer"):
+        assert [row["clients"] for row in result[key]] == [1, 2]
+        assert all(row["requests"] > 0 and row["errors"] == 0 for row in result[key]), result[key]
+    assert all(row["mean_batch"] >= 1 for row in result["served"])  # read from the service's /metrics
+    assert "mean_batch" not in result["peer"][0]
+    assert (out / "throughput_vs_clients.png").is_file()
