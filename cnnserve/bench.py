@@ -1,8 +1,9 @@
 """``cnnserve bench``: the one benchmark — onnxruntime (fp32, int8) vs PyTorch eager, the served endpoint vs a
 plain FastAPI + PyTorch-eager peer, in one run on one machine, with the issue's targets as measured ratios.
 
-Timings on shared machines are noisy, so everything that is compared is measured in the same run, back to back,
-with warm-up first; the ratios are what the targets are about. :func:`run_suite` writes ``results.json``,
+Timings on shared machines are noisy, so everything that is compared is measured in the same run, with warm-up
+first, and the in-process runtimes in alternation (one call each per round); the ratios are what the targets are
+about. :func:`run_suite` writes ``results.json``,
 ``RESULTS.md`` (tables, targets met or missed, machine info and its load while running) and two plots
 (throughput vs batch size, throughput vs concurrent clients) into ``benchmarks/``.
 
@@ -63,6 +64,22 @@ def _time(fn: Callable[[], object], *, repeats: int, warmup: int) -> list[float]
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def _time_interleaved(runners: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Time several runtimes in alternation (one call each per round, the order rotating), so a change in the
+    machine's load during the measurement hits all of them alike instead of whichever ran at that moment."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -135,14 +152,15 @@ def bench_model(
         for batch in batch_sizes:
             images = parity_batch(spec.in_channels, spec.input_size, batch=batch, seed=1)
             n = _repeats_for(batch, repeats)
-            timed: dict[str, list[float]] = {}
+            runners: dict[str, Callable[[], object]] = {}
             if eager:
-                with torch.inference_mode():
-                    timed["pytorch-eager"] = _time(lambda: module(images), repeats=n, warmup=warmup)  # noqa: B023
+                runners["pytorch-eager"] = lambda: module(images)  # noqa: B023
             for precision, session in sessions.items():
                 feed = {session.get_inputs()[0].name: images.numpy()}
                 label = "onnxruntime-cpu" if precision == "fp32" else f"onnxruntime-cpu-{precision}"
-                timed[label] = _time(lambda: session.run(None, feed), repeats=n, warmup=warmup)  # noqa: B023
+                runners[label] = lambda session=session, feed=feed: session.run(None, feed)
+            with torch.inference_mode():
+                timed = _time_interleaved(runners, repeats=n, warmup=warmup)
             rows += [_row(runtime, batch, times) for runtime, times in timed.items()]
             if eager and "onnxruntime-cpu" in timed:
                 ratio = statistics.median(timed["pytorch-eager"]) / statistics.median(timed["onnxruntime-cpu"])
@@ -618,7 +636,7 @@ def render_markdown(result: dict[str, Any], plots: list[str]) -> str:
         f"Python {result['versions']['python']}",
         f"- load average (1, 5, 15 min) at start {result['load_average_start']}, at end {result['load_average_end']}: "
         "a load above the core count means other jobs shared the cores during the run, which slows every number "
-        "and makes the ratios noisier (the pairs compared are measured back to back to limit that).",
+        "and makes the ratios noisier (the in-process runtimes are timed in alternation to limit that).",
         "",
         "## Targets (ratios measured in this run)",
         "",
