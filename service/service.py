@@ -28,6 +28,7 @@ No torch here: the serving image is torch-free.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pickle
 import time
@@ -110,10 +111,16 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     return {m.name: m for m in loaded}
 
 
-def _local_runner(model: LoadedModel) -> RunBatch:
+def _local_runner(model: LoadedModel, threads: int = 1) -> RunBatch:
+    """Runs go to a few long-lived threads owned by this model (as many as batches may be in flight), not to a
+    shared pool that starts and ends threads: onnxruntime's CUDA provider keeps per-thread state (streams, cuDNN
+    and cuBLAS handles) that a new thread pays for again. onnxruntime releases the GIL while it runs, so the event
+    loop keeps accepting requests meanwhile."""
+    executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=f"ort-{model.name}")
+
     async def run(batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
-        # onnxruntime releases the GIL: the event loop keeps accepting requests while a batch runs.
-        return await anyio.to_thread.run_sync(lambda: model.run(batch, **extra))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, lambda: model.run(batch, **extra))
 
     return run
 
@@ -163,7 +170,7 @@ class ModelTier:
         self.batchers = {
             name: ModelBatcher(
                 name,
-                _local_runner(model),
+                _local_runner(model, self.settings.model_inflight_limit(model.on_cuda)),
                 max_batch_size=self.settings.model_batch_limit(model.on_cuda),
                 max_latency_ms=self.settings.max_latency_ms,
                 observe=_batch_observer(self.metrics, name),
@@ -313,7 +320,10 @@ class CNNServe(_ApiBase):
         self.models, self.batchers = {}, {}
         if not self.two_tier:
             self.models = _load_all(self.settings)
-            runners = {name: _local_runner(model) for name, model in self.models.items()}
+            runners = {
+                name: _local_runner(model, self.settings.model_inflight_limit(model.on_cuda))
+                for name, model in self.models.items()
+            }
             limits = {name: self.settings.model_batch_limit(m.on_cuda) for name, m in self.models.items()}
             self._make_batchers(runners, limits)
 
