@@ -101,6 +101,7 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
             intra_op_threads=settings.intra_op_threads,
             warm_up_batches=warm,
             device_id=settings.device_id,
+            io_binding=settings.io_binding,
         )
         model.version = entry.tag.partition(":")[2]
         return model

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # tier in flight per API worker (its requests queue behind them and ride together in the next call).
     model_inflight: int = Field(0, ge=0)
     api_inflight: int = Field(2, ge=1)
+    # CUDA: run through io-binding (inputs copied to the device once, outputs allocated there).
+    io_binding: bool = True
     # CUDA device of the model tier's sessions.
     device_id: int = Field(0, ge=0)
     # How long an API worker waits at start-up for the model tier to have loaded its models.

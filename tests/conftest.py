@@ -20,6 +20,8 @@ import pytest
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="cnnserve-tests-"))
 os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+# onnxruntime's optimised-graph cache goes to the session's directory, not the user's ~/.cache.
+os.environ.setdefault("CNNSERVE_ORT_CACHE_DIR", str(_SESSION_DIR / "ort-cache"))
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
