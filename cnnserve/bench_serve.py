@@ -20,8 +20,6 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .bench import _free_port, _start, _stop  # the suite's server helpers, shared
 from .loadtest import client_ceiling, run_load
 
 __all__ = ["serve_benchmark", "test_image"]
@@ -47,44 +46,6 @@ def test_image(width: int = 640, height: int = 480, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(data.astronaut()).resize((width, height)).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(
-    cmd: list[str], env: dict[str, str], log: Path, url: str, ready: str, timeout: float = 300
-) -> subprocess.Popen:
-    import urllib.request
-
-    out = log.open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[:3]} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + ready, timeout=2) as response:
-                if response.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.5)
-    _stop(proc)
-    raise RuntimeError(f"{cmd[:3]} was not ready in {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(1)
 
 
 # --- raw onnxruntime ------------------------------------------------------------------------------------------
@@ -291,7 +252,7 @@ def serve_benchmark(
         }
         cmd = [sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"]
         log(f"cnnserve: {workers or 'auto'} API workers, jpeg_draft={draft} …")
-        proc = _start(cmd, env, logs / f"cnnserve-{workers}-{draft}.log", url, "/readyz")
+        proc = _start(cmd, env, url + "/readyz", logs / f"cnnserve-{workers}-{draft}.log")
         try:
             run_load(url, image=image, fields={"model": model}, concurrency=8, duration=2, log=lambda _: None)
             # every level for the first configuration; the others where the comparison is made (64 clients)
@@ -322,7 +283,7 @@ def serve_benchmark(
             ready = "/readyz"
         log(f"peer {peer} …")
         try:
-            proc = _start(cmd, env, logs / f"peer-{peer}.log", url, ready)
+            proc = _start(cmd, env, url + ready, logs / f"peer-{peer}.log")
         except RuntimeError as exc:
             log(f"peer {peer} did not start: {exc}")
             results[f"peer_{peer}_error"] = str(exc)[-2000:]
