@@ -31,8 +31,8 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_upload_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(50_000_000, gt=0)
-    # Adaptive batching (BentoML's dispatcher, one per model): the largest batch, and the latency after which a
-    # queued request is shed with a 503 rather than served late.
+    # Batching (service.batching, one batcher per model): the largest batch (with two tiers: per API-worker call),
+    # and the latency after which a queued request is shed with a 503 rather than served late.
     max_batch_size: int = Field(16, ge=1)
     max_latency_ms: int = Field(10_000, ge=1)
     # onnxruntime threads per session (service/session_options.py). 0 = the cores this process may use (CPU
