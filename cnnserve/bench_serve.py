@@ -130,16 +130,22 @@ def _process_groups(root_pid: int) -> dict[str, list[Any]]:
     return groups
 
 
-def _gpu_utilisation() -> float | None:
+def _nvidia_smi(query: str, fmt: str = "csv,noheader") -> str | None:
+    """The first GPU's answer to ``nvidia-smi --query-gpu=QUERY``, or None on a machine without one."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["nvidia-smi", f"--query-gpu={query}", f"--format={fmt}"], capture_output=True, text=True, timeout=5
         )
-        return float(out.stdout.strip().splitlines()[0])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def _gpu_utilisation() -> float | None:
+    try:
+        return float(_nvidia_smi("utilization.gpu", "csv,noheader,nounits") or "")
+    except ValueError:
         return None
 
 
@@ -327,17 +333,9 @@ def serve_benchmark(
 
 
 def _device() -> str:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            return f"{out.stdout.strip().splitlines()[0]}, {os.cpu_count()} CPU cores"
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    gpu = _nvidia_smi("name,memory.total")
+    if gpu:
+        return f"{gpu}, {os.cpu_count()} CPU cores"
     return f"CPU only ({platform.processor() or platform.machine()}), {os.cpu_count()} cores"
 
 

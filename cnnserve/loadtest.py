@@ -98,7 +98,8 @@ async def _client(
     reader = writer = None
     while time.time() < start_at:
         await asyncio.sleep(min(0.05, max(0.0, start_at - time.time())))
-    while (now := time.perf_counter()) and time.time() < deadline:
+    while time.time() < deadline:
+        now = time.perf_counter()
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port)

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,29 @@ class Server:
         self.url = url
         self.process = process
         self.log = log
+
+
+def png_bytes(array: Any) -> bytes:
+    """A numpy image (H, W[, C], uint8) as PNG bytes: what the HTTP tests upload."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def post_image(server: Server, route: str, data: bytes, *, timeout: float = 60, **fields: object) -> Any:
+    """POST ``data`` as the multipart ``image`` field, the other fields as form fields (str of each value)."""
+    import requests
+
+    return requests.post(
+        f"{server.url}{route}",
+        files={"image": ("image.png", data)},
+        data={k: str(v) for k, v in fields.items()},
+        timeout=timeout,
+    )
 
 
 def start_server(env_overrides: dict[str, str], log: Path) -> Server:

@@ -7,28 +7,13 @@ import io
 
 import numpy as np
 import pytest
-import requests
+from conftest import png_bytes, post_image
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from cnnserve.demos.digits import digit_image, digit_png, digits_split
 from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
 from cnnserve.demos.yolo_shapes import mean_average_precision
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _post(server, route: str, data: bytes, **fields) -> requests.Response:
-    return requests.post(
-        f"{server.url}{route}",
-        files={"image": ("img.png", data)},
-        data={k: str(v) for k, v in fields.items()},
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +35,7 @@ def scenes():
 def test_detect_finds_the_shapes_with_the_target_map(server, scenes) -> None:
     predictions, truth = [], []
     for image, _, boxes, labels in scenes:
-        response = _post(server, "/detect", _png(image), model="yolov1_shapes", score_threshold=0.01)
+        response = post_image(server, "/detect", png_bytes(image), model="yolov1_shapes", score_threshold=0.01)
         assert response.status_code == 200, response.text
         body = response.json()
         assert (body["width"], body["height"]) == (image.shape[1], image.shape[0])
@@ -71,10 +56,10 @@ def test_detect_finds_the_shapes_with_the_target_map(server, scenes) -> None:
 
 
 def test_detect_thresholds_and_limits(server, scenes) -> None:
-    image = _png(scenes[0][0])
-    low = _post(server, "/detect", image, model="yolov1_shapes", score_threshold=0.01).json()["detections"]
-    high = _post(server, "/detect", image, model="yolov1_shapes", score_threshold=0.9).json()["detections"]
-    one = _post(server, "/detect", image, model="yolov1_shapes", score_threshold=0.01, max_detections=1).json()
+    image = png_bytes(scenes[0][0])
+    low = post_image(server, "/detect", image, model="yolov1_shapes", score_threshold=0.01).json()["detections"]
+    high = post_image(server, "/detect", image, model="yolov1_shapes", score_threshold=0.9).json()["detections"]
+    one = post_image(server, "/detect", image, model="yolov1_shapes", score_threshold=0.01, max_detections=1).json()
     assert len(high) <= len(low) and all(d["score"] >= 0.9 for d in high)
     assert len(one["detections"]) == min(1, len(low))
     for bad in (
@@ -84,7 +69,7 @@ def test_detect_thresholds_and_limits(server, scenes) -> None:
         {"max_detections": "0"},
         {"score_threshold": "high"},
     ):
-        response = _post(server, "/detect", image, model="yolov1_shapes", **bad)
+        response = post_image(server, "/detect", image, model="yolov1_shapes", **bad)
         assert response.status_code == 400 and response.json()["error"], bad
 
 
@@ -95,7 +80,7 @@ def _mask(body: dict) -> np.ndarray:
 def test_segment_reaches_the_target_mean_iou(server, scenes) -> None:
     confusion = np.zeros((4, 4), dtype=np.int64)
     for image, mask, _, _ in scenes:
-        response = _post(server, "/segment", _png(image), model="unet")
+        response = post_image(server, "/segment", png_bytes(image), model="unet")
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["kind"] == "semantic"
@@ -111,10 +96,10 @@ def test_segment_reaches_the_target_mean_iou(server, scenes) -> None:
 
 def test_segment_overlay_is_a_picture_of_the_upload(server, scenes) -> None:
     image = scenes[1][0]
-    body = _post(server, "/segment", _png(image), model="unet", overlay="true").json()
+    body = post_image(server, "/segment", png_bytes(image), model="unet", overlay="true").json()
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"])))
     assert overlay.size == (image.shape[1], image.shape[0]) and overlay.mode == "RGB"
-    assert "overlay" not in _post(server, "/segment", _png(image), model="unet").json()
+    assert "overlay" not in post_image(server, "/segment", png_bytes(image), model="unet").json()
 
 
 def _noisy_and_clean_digits(count: int, sigma: float = 0.2) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -139,7 +124,7 @@ def test_denoise_gains_at_least_6_db(server) -> None:
     before, after = [], []
     for c, n in zip(clean, noisy, strict=True):
         upload = np.rint(n * 255).astype(np.uint8)
-        response = _post(server, "/denoise", _png(upload), model="cae")
+        response = post_image(server, "/denoise", png_bytes(upload), model="cae")
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         out = Image.open(io.BytesIO(response.content))
         assert out.size == (32, 32) and out.mode == "L"  # the upload's size and mode family
@@ -152,7 +137,7 @@ def test_denoise_gains_at_least_6_db(server) -> None:
 def test_denoise_keeps_size_and_colour_family(server) -> None:
     colour = np.zeros((50, 70, 3), dtype=np.uint8)
     colour[10:40, 20:50] = (255, 255, 255)
-    out = Image.open(io.BytesIO(_post(server, "/denoise", _png(colour), model="cae").content))
+    out = Image.open(io.BytesIO(post_image(server, "/denoise", png_bytes(colour), model="cae").content))
     assert out.size == (70, 50) and out.mode == "RGB"
 
 
@@ -163,13 +148,13 @@ def test_anomaly_separates_held_out_digits(server) -> None:
     scores, labels = [], []
     for label, group in ((0, normal), (1, anomalies)):
         for png in group:
-            body = _post(server, "/anomaly", png, model="cae").json()
+            body = post_image(server, "/anomaly", png, model="cae").json()
             assert set(body) == {"model", "score", "threshold", "is_anomaly"}
             assert body["is_anomaly"] == (body["score"] > body["threshold"])
             scores.append(body["score"])
             labels.append(label)
     assert roc_auc_score(labels, scores) >= 0.95
-    heat = _post(server, "/anomaly", anomalies[0], model="cae", heatmap="true").json()["heatmap"]
+    heat = post_image(server, "/anomaly", anomalies[0], model="cae", heatmap="true").json()["heatmap"]
     assert Image.open(io.BytesIO(base64.b64decode(heat))).size == (32, 32)
 
 
@@ -184,7 +169,7 @@ def test_anomaly_separates_held_out_digits(server) -> None:
     ],
 )
 def test_a_model_of_the_wrong_task_is_a_400(server, route: str, model: str) -> None:
-    response = _post(server, route, digit_png(digits_split().test_images[0]), model=model)
+    response = post_image(server, route, digit_png(digits_split().test_images[0]), model=model)
     assert response.status_code == 400 and "model" in response.json()["error"]
 
 
@@ -195,6 +180,6 @@ def test_a_model_of_the_wrong_task_is_a_400(server, route: str, model: str) -> N
     ids=["empty", "garbage", "1x1"],
 )
 def test_every_endpoint_handles_bad_and_tiny_images(server, route: str, payload, status: int) -> None:
-    data = payload if payload is not None else _png(np.full((1, 1, 3), 200, dtype=np.uint8))
-    response = _post(server, route, data)
+    data = payload if payload is not None else png_bytes(np.full((1, 1, 3), 200, dtype=np.uint8))
+    response = post_image(server, route, data)
     assert response.status_code == status, response.text

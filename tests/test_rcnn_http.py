@@ -28,7 +28,7 @@ import requests
 import skimage.data
 import torch
 import torchvision
-from conftest import Server, start_server, stop_server
+from conftest import Server, png_bytes, post_image, start_server, stop_server
 from PIL import Image
 from test_rcnn import LIVELY_SPREADS, calibration_images, make_lively
 from test_render import footprint
@@ -48,18 +48,11 @@ COCO = torchvision.models.get_weight(models.get_spec(FASTER).torchvision_weights
 
 
 def _png(name: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(getattr(skimage.data, name)()).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(getattr(skimage.data, name)())
 
 
 def _post(server: Server, route: str, data: bytes, **fields) -> requests.Response:
-    return requests.post(
-        f"{server.url}{route}",
-        files={"image": ("photo.png", data)},
-        data={k: str(v) for k, v in fields.items()},
-        timeout=300,
-    )
+    return post_image(server, route, data, timeout=300, **fields)  # an R-CNN answer on this CPU takes seconds
 
 
 def _decode_png(b64: str) -> Image.Image:

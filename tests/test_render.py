@@ -13,29 +13,15 @@ import io
 import numpy as np
 import pytest
 import requests
+from conftest import png_bytes, post_image
 from PIL import Image
 
 from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
 from service.codecs import draw_detections
 
 
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _image(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
-
-
-def _post(server, route: str, data: bytes, **fields) -> requests.Response:
-    return requests.post(
-        f"{server.url}{route}",
-        files={"image": ("scene.png", data)},
-        data={k: str(v) for k, v in fields.items()},
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +61,10 @@ def outline(det: dict, shape: tuple[int, int]) -> np.ndarray:
 def test_detect_render_draws_every_box_and_nothing_else(server, scenes) -> None:
     drawn_boxes = 0
     for image in scenes:
-        plain = _post(server, "/detect", _png(image), model="yolov1_shapes", score_threshold=0.2).json()
-        body = _post(server, "/detect", _png(image), model="yolov1_shapes", score_threshold=0.2, render="true").json()
+        plain = post_image(server, "/detect", png_bytes(image), model="yolov1_shapes", score_threshold=0.2).json()
+        body = post_image(
+            server, "/detect", png_bytes(image), model="yolov1_shapes", score_threshold=0.2, render="true"
+        ).json()
         assert body["detections"] == plain["detections"]  # rendering changes nothing of the answer
         rendered = _image(body["rendered"])
         assert rendered.size == (image.shape[1], image.shape[0]) and rendered.mode == "RGB"
@@ -91,22 +79,24 @@ def test_detect_render_draws_every_box_and_nothing_else(server, scenes) -> None:
 
 def test_render_without_detections_is_the_upload(server, scenes) -> None:
     image = scenes[3]
-    body = _post(server, "/detect", _png(image), model="yolov1_shapes", score_threshold=1.0, render="true").json()
+    body = post_image(
+        server, "/detect", png_bytes(image), model="yolov1_shapes", score_threshold=1.0, render="true"
+    ).json()
     assert body["detections"] == []
     assert np.array_equal(np.asarray(_image(body["rendered"])), image)
 
 
 def test_rendered_is_absent_unless_asked(server, scenes) -> None:
-    image = _png(scenes[0])
-    assert "rendered" not in _post(server, "/detect", image, model="yolov1_shapes").json()
-    assert "rendered" not in _post(server, "/detect", image, model="yolov1_shapes", render="false").json()
-    response = _post(server, "/detect", image, model="yolov1_shapes", render="perhaps")
+    image = png_bytes(scenes[0])
+    assert "rendered" not in post_image(server, "/detect", image, model="yolov1_shapes").json()
+    assert "rendered" not in post_image(server, "/detect", image, model="yolov1_shapes", render="false").json()
+    response = post_image(server, "/detect", image, model="yolov1_shapes", render="perhaps")
     assert response.status_code == 400 and "render" in response.json()["error"]
 
 
 def test_render_of_a_grey_upload_is_colour(server, scenes) -> None:
     grey = np.asarray(Image.fromarray(scenes[4]).convert("L"))
-    body = _post(server, "/detect", _png(grey), model="yolov1_shapes", score_threshold=0.2, render="1").json()
+    body = post_image(server, "/detect", png_bytes(grey), model="yolov1_shapes", score_threshold=0.2, render="1").json()
     rendered = _image(body["rendered"])
     assert rendered.mode == "RGB" and rendered.size == (grey.shape[1], grey.shape[0]) and body["detections"]
 
@@ -148,7 +138,7 @@ def test_semantic_render_is_the_overlay_with_a_key(server, scenes) -> None:
     """For a semantic model `rendered` is the colour overlay plus a key in the top-left corner: one row per class
     present (background has no colour, so no row)."""
     image = scenes[4]
-    body = _post(server, "/segment", _png(image), model="unet", overlay="true", render="true").json()
+    body = post_image(server, "/segment", png_bytes(image), model="unet", overlay="true", render="true").json()
     overlay, rendered = np.asarray(_image(body["overlay"])), np.asarray(_image(body["rendered"]))
     assert rendered.shape == overlay.shape == image.shape
     changed = (rendered != overlay).any(axis=-1)
@@ -159,5 +149,5 @@ def test_semantic_render_is_the_overlay_with_a_key(server, scenes) -> None:
     assert rows.max() < 2 * font * len(present) + 4 and cols.max() < font * (max(map(len, present)) + 3)
     key = changed[: rows.max() + 1, : cols.max() + 1]
     assert key.mean() > 0.5, "a solid key, not stray pixels"
-    alone = _post(server, "/segment", _png(image), model="unet", render="true").json()
+    alone = post_image(server, "/segment", png_bytes(image), model="unet", render="true").json()
     assert "overlay" not in alone and alone["rendered"] == body["rendered"]

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from conftest import _SESSION_DIR, start_server, stop_server
+from conftest import _SESSION_DIR, png_bytes, post_image, start_server, stop_server
 from PIL import Image
 
 from cnnserve.demos.digits import digit_png, digits_split
@@ -31,39 +31,27 @@ def tiered(model_store):
     stop_server(srv)
 
 
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _post(url: str, route: str, data: bytes, **fields) -> requests.Response:
-    return requests.post(
-        f"{url}{route}", files={"image": ("i.png", data)}, data={k: str(v) for k, v in fields.items()}, timeout=60
-    )
-
-
 def test_models_come_from_the_model_tier(tiered) -> None:
     models = {m["name"]: m for m in requests.get(f"{tiered.url}/models", timeout=10).json()["models"]}
     assert set(models) == {"lenet5", "yolov1_shapes", "cae", "broken"}
     assert models["lenet5"]["ready"] and models["lenet5"]["providers"] == ["CPUExecutionProvider"]
     assert not models["broken"]["ready"] and models["broken"]["error"]
-    response = _post(tiered.url, "/classify", b"\x89PNG", model="broken")
+    response = post_image(tiered, "/classify", b"\x89PNG", model="broken")
     assert response.status_code == 503 and "not ready" in response.json()["error"]
 
 
 def test_classify_and_detect_answers_equal_the_one_tier_service(tiered, server) -> None:
     split = digits_split()
     for image in split.test_images[:5]:
-        one = _post(server.url, "/classify", digit_png(image), model="lenet5").json()
-        two = _post(tiered.url, "/classify", digit_png(image), model="lenet5").json()
+        one = post_image(server, "/classify", digit_png(image), model="lenet5").json()
+        two = post_image(tiered, "/classify", digit_png(image), model="lenet5").json()
         assert [p["index"] for p in one["predictions"]] == [p["index"] for p in two["predictions"]]
         np.testing.assert_allclose(
             [p["score"] for p in one["predictions"]], [p["score"] for p in two["predictions"]], atol=1e-6
         )
     for sample in make_dataset(3, seed=HELD_OUT_SEED + 7):
-        one = _post(server.url, "/detect", _png(sample.image), model="yolov1_shapes", score_threshold=0.3).json()
-        two = _post(tiered.url, "/detect", _png(sample.image), model="yolov1_shapes", score_threshold=0.3).json()
+        one = post_image(server, "/detect", png_bytes(sample.image), model="yolov1_shapes", score_threshold=0.3).json()
+        two = post_image(tiered, "/detect", png_bytes(sample.image), model="yolov1_shapes", score_threshold=0.3).json()
         assert len(one["detections"]) == len(two["detections"])
         for a, b in zip(one["detections"], two["detections"], strict=True):
             assert a["label"] == b["label"]
@@ -75,7 +63,7 @@ def test_concurrent_requests_are_batched_in_the_model_tier_and_all_right(tiered)
     images, labels = split.test_images[:64], split.test_labels[:64]
 
     def classify(i: int) -> str:
-        response = _post(tiered.url, "/classify", digit_png(images[i]), model="lenet5")
+        response = post_image(tiered, "/classify", digit_png(images[i]), model="lenet5")
         assert response.status_code == 200, response.text
         return response.json()["predictions"][0]["label"]
 
@@ -84,9 +72,9 @@ def test_concurrent_requests_are_batched_in_the_model_tier_and_all_right(tiered)
     assert np.mean([a == str(t) for a, t in zip(answers, labels, strict=True)]) >= 0.95
 
     # A model slow enough (YOLO, ~10 ms a run here) that 16 clients queue behind a run: batches must form.
-    scene = _png(make_dataset(1, seed=HELD_OUT_SEED + 3)[0].image)
+    scene = png_bytes(make_dataset(1, seed=HELD_OUT_SEED + 3)[0].image)
     with ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(lambda _: _post(tiered.url, "/detect", scene).status_code, range(48)))
+        statuses = list(pool.map(lambda _: post_image(tiered, "/detect", scene).status_code, range(48)))
     assert statuses == [200] * 48
     metrics = requests.get(f"{tiered.url}/metrics", timeout=10).text
     # the model tier's batch-size histogram: more images than onnxruntime calls means batches formed
@@ -103,7 +91,7 @@ def _metric(text: str, name: str) -> float:
 
 def test_anomaly_heatmap_and_v2_cross_the_process_boundary(tiered) -> None:
     split = digits_split()
-    body = _post(tiered.url, "/anomaly", digit_png(split.test_images[0]), model="cae", heatmap="true").json()
+    body = post_image(tiered, "/anomaly", digit_png(split.test_images[0]), model="cae", heatmap="true").json()
     assert {"score", "threshold", "is_anomaly", "heatmap"} <= set(body)
     Image.open(io.BytesIO(base64.b64decode(body["heatmap"]))).verify()
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
