@@ -39,13 +39,14 @@ from typing import Any
 import bentoml
 
 with bentoml.importing():
+    import aiohttp
     import anyio
     import numpy as np
     import onnxruntime as ort
     from PIL import Image
 
     from service.batching import ModelBatcher, RunBatch
-    from service.errors import BadInput, ModelNotFound, ServeError
+    from service.errors import BadInput, ModelNotFound, ModelUnavailable, ServeError
     from service.http import routes_app
     from service.imaging import decode_image, preprocess_uint8
     from service.metrics import Metrics
@@ -356,10 +357,21 @@ class CNNServe(_ApiBase):
             if model.ready
         }
 
+    async def _call_tier(self, method: str, payload: bytes) -> Any:
+        """One call to the model tier. BentoML's client pools connections and the model tier's server closes idle
+        ones; a call that lands on a connection closed under it fails with a disconnect before the tier saw it.
+        The calls are pure inference, so that one is retried once; a second failure is a 503, not a 500."""
+        for attempt in (1, 2):
+            try:
+                return _unpack(await getattr(self.model_tier, method)(payload))
+            except aiohttp.ClientConnectionError as exc:
+                if attempt == 2:
+                    raise ModelUnavailable(f"the model tier did not answer ({exc}); retry later") from exc
+                logger.debug("model tier connection dropped, retrying: %r", exc)
+
     def _remote_runner(self, name: str) -> RunBatch:
         async def run(batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
-            payload = pickle.dumps((name, batch, extra), protocol=5)
-            return _unpack(await self.model_tier.infer(payload))
+            return await self._call_tier("infer", pickle.dumps((name, batch, extra), protocol=5))
 
         return run
 
@@ -367,4 +379,4 @@ class CNNServe(_ApiBase):
         if not self.two_tier:
             return await super().run_graph(model, names, feed)
         model.require_ready()
-        return _unpack(await self.model_tier.run_graph(pickle.dumps((model.name, names, feed), protocol=5)))
+        return await self._call_tier("run_graph", pickle.dumps((model.name, names, feed), protocol=5))
