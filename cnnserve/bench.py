@@ -338,6 +338,18 @@ def _load_levels(
     return rows
 
 
+def _served_batching(url: str) -> dict[str, Any]:
+    """Each served model's batch limit and where it came from, as the service reports it in ``/models``."""
+    import httpx
+
+    models = httpx.get(f"{url}/models", timeout=10).json()["models"]
+    return {
+        m["name"]: {k: m["batching"].get(k) for k in ("max_batch_size", "source", "reference", "measured_on")}
+        for m in models
+        if m.get("batching")
+    }
+
+
 def _batch_counters(url: str, model: str | None) -> tuple[float, float, float] | None:
     """(images, onnxruntime calls, onnxruntime seconds) so far for ``model``, from the service's ``/metrics``;
     None for a server without them (the peer)."""
@@ -467,6 +479,7 @@ def _suite_parts(
         )
         try:
             url = f"http://127.0.0.1:{port}"
+            result["served_batching"] = _served_batching(url)
             result["served"] = _load_levels(url, model, image, clients, duration, log)
             log(f"== served {model}-int8")
             result["served_int8"] = _load_levels(url, f"{model}-int8", image, clients, duration, log)
@@ -711,6 +724,10 @@ def render_markdown(result: dict[str, Any], plots: list[str]) -> str:
             "`cnnserve_batch_seconds`): how many images each onnxruntime call carried, and the fraction of the "
             "wall time onnxruntime was running.",
         ]
+        for name, b in (result.get("served_batching") or {}).items():
+            where = f" ({b['reference']}, measured on {b['measured_on']})" if b.get("reference") else ""
+            origin = b["source"] + where
+            lines.append(f"- `{name}`: at most {b['max_batch_size']} images per onnxruntime run — {origin}.")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""The ``cnnserve`` command line: list, export, train, score, bench.
+"""The ``cnnserve`` command line: list, export, train, score, tune, bench.
 
 Thin on purpose: each command parses its options and calls one function of ``export``, ``cnnserve.demos``,
 ``cnnserve.score`` or ``cnnserve.bench``. Errors a user can fix end the command with a one-line message and
@@ -247,6 +247,40 @@ def score(
     finally:
         bar.close()
     typer.echo(f"scored {counts['scored']}, failed {counts['failed']}, skipped {counts['skipped']} → {output}")
+
+
+@app.command()
+def tune(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="store tags or .onnx files (default: every cnnserve model in the store)")
+    ] = None,
+    budget_ms: Annotated[
+        float | None, typer.Option(min=0.1, help="longest one batch may run (default CNNSERVE_BATCH_BUDGET_MS)")
+    ] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(min=0.01, max=1.0, help="share of the best throughput the limit must reach")
+    ] = None,
+    profiles: Annotated[
+        Path | None, typer.Option(help="where the curves go (default ~/.cache/cnnserve/batching.json)")
+    ] = None,
+    defaults: Annotated[Path | None, typer.Option(help="also merge the curves into this family defaults file")] = None,
+) -> None:
+    """Measure each model's batch-cost curve on this machine; the service then batches each model by its own."""
+    from service.errors import ServeError
+
+    from .tune import tune as run_tune
+
+    try:
+        run_tune(
+            models or [],
+            budget_ms=budget_ms,
+            tolerance=tolerance,
+            profiles_path=profiles,
+            defaults_out=defaults,
+            log=typer.echo,
+        )
+    except (ServeError, LookupError) as exc:  # an unknown tag, a file that is not ours or does not load
+        raise _fail(getattr(exc, "message", str(exc))) from None
 
 
 bench_app = typer.Typer(

@@ -125,6 +125,7 @@ class LoadedModel:
     io_binding: bool = False  # CUDA sessions run through io-binding (see _run_with_binding)
     device_id: int = 0
     remote_ready: bool = False  # a model served by the model tier: its readiness as that tier reported it
+    batching: dict[str, Any] | None = None  # its batch limit and where it came from (service/batch_tuning.py)
 
     @property
     def ready(self) -> bool:
@@ -217,6 +218,7 @@ class LoadedModel:
             "inputs": self.inputs,
             "outputs": self.outputs,
             "ready": self.ready,
+            "batching": self.batching,
         }
 
     @classmethod
@@ -227,7 +229,22 @@ class LoadedModel:
             setattr(model, key, d[key])
         model.inputs, model.outputs = d["inputs"], d["outputs"]
         model.remote_ready = bool(d["ready"])
+        model.batching = d.get("batching")
         return model
+
+    def warm_up(self, sizes: tuple[int, ...] = (1,)) -> None:
+        """One run per batch shape before the first request (CUDA: cuDNN picks its algorithms per shape, once).
+        A model that cannot even run zeros is marked not ready with the reason."""
+        if self.session is None:
+            return
+        pre = self.preprocess
+        try:
+            for size in sizes:
+                self.run(np.zeros((size, pre.in_channels, *pre.input_size), dtype=np.uint8))
+        except Exception as exc:
+            self.session = None
+            self.error = f"{type(exc).__name__}: {exc}"
+            logger.error("model %s failed its warm-up run: %s", self.name, self.error)
 
 
 def _run_with_binding(
@@ -268,12 +285,18 @@ def load_model(
     io_binding: bool = True,
     device_id: int = 0,
     session_config: SessionConfig | None = None,
+    strict_providers: bool = False,
 ) -> LoadedModel:
     """Load one ONNX file; never raises for a bad file — the model comes back not ready, with the reason.
 
     Sessions are built by :func:`service.session_options.create_session` with ``session_config`` (default: from
     the settings — threads per session matched to the cores and processes, the optimised-graph cache);
-    ``intra_op_threads`` overrides its thread count."""
+    ``intra_op_threads`` overrides its thread count.
+
+    onnxruntime does not fail when the first provider cannot start (a ``device_id`` the machine does not have,
+    missing cuDNN): it prints an "EP Error" and quietly builds a CPU session — a GPU service then answers at a
+    hundredth of its speed and looks healthy. That is always logged as an error here; with ``strict_providers``
+    (the user named the providers or the device) the model is not ready instead, with the reason."""
     model = LoadedModel(name=name, path=path)
     start = time.perf_counter()
     try:
@@ -297,18 +320,25 @@ def load_model(
         model.extra = {k: v for k, v in meta.items() if k not in ("cnnserve.spec", "cnnserve.parity")}
         model.session = session
         model.providers = list(session.get_providers())
+        wanted = providers[0] if providers else "CPUExecutionProvider"
+        if model.providers[0] != wanted:
+            message = (
+                f"{wanted} was asked for (device {device_id}) but onnxruntime fell back to {model.providers[0]}; "
+                "its log above says why (a device id this machine lacks, missing CUDA/cuDNN libraries)"
+            )
+            if strict_providers:
+                raise RuntimeError(message)
+            logger.error("model %s: %s", name, message)
         model.inputs = [_tensor_info(i) for i in session.get_inputs()]
         model.outputs = [_tensor_info(o) for o in session.get_outputs()]
         model.io_binding = io_binding and model.on_cuda
         model.device_id = device_id
-        if warm_up:
-            pre = model.preprocess
-            for size in warm_up_batches or (1,):  # CUDA: cuDNN picks its algorithms per shape, once
-                model.run(np.zeros((size, pre.in_channels, *pre.input_size), dtype=np.uint8))
     except Exception as exc:  # one broken file must not stop the others: record why and serve the rest
         model.session = None
         model.error = f"{type(exc).__name__}: {exc}"
         logger.error("model %s could not be loaded from %s: %s", name, path, model.error)
+    if warm_up:
+        model.warm_up(warm_up_batches or (1,))
     model.load_seconds = time.perf_counter() - start
     if model.ready:
         logger.info(

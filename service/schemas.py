@@ -27,6 +27,25 @@ class ClassifyResponse(BaseModel):
     }
 
 
+class BatchPoint(BaseModel):
+    batch: int
+    ms: float = Field(description="median time of one onnxruntime run of this many images")
+    images_per_s: float
+
+
+class Batching(BaseModel):
+    """How this model is batched, and why: the limit follows from its measured batch-cost curve."""
+
+    max_batch_size: int = Field(description="largest batch of one onnxruntime run")
+    source: str = Field(description="measured (here, by `cnnserve tune`) | family default | setting | built-in")
+    shed_after_ms: float = Field(description="a request still queued after this long gets a 503")
+    budget_ms: float | None = Field(None, description="the longest one run may take when choosing the limit")
+    measured_on: str | None = None
+    measured_at: str | None = None
+    reference: str | None = Field(None, description="family default: the model and precision measured")
+    curve: list[BatchPoint] = Field(default_factory=list)
+
+
 class ModelStatus(BaseModel):
     name: str
     task: str
@@ -44,6 +63,7 @@ class ModelStatus(BaseModel):
         "(metric, fp32, variant, drop, data)",
         examples=[{"metric": "accuracy", "fp32": 0.9844, "variant": 0.9844, "drop": 0.0, "data": "digits (450)"}],
     )
+    batching: Batching | None = None
 
 
 def quality_of(metadata: dict[str, str]) -> dict[str, Any] | None:

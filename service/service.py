@@ -45,13 +45,14 @@ with bentoml.importing():
     import onnxruntime as ort
     from PIL import Image
 
+    from service.batch_tuning import limit_for_model, load_family_defaults
     from service.batching import ModelBatcher, RunBatch
     from service.errors import BadInput, ModelNotFound, ModelUnavailable, ServeError
     from service.http import routes_app
     from service.imaging import decode_image, preprocess_uint8
     from service.metrics import Metrics
     from service.runtime import LoadedModel, load_model, select_providers
-    from service.schemas import ModelsResponse, ModelStatus, quality_of
+    from service.schemas import Batching, ModelsResponse, ModelStatus, quality_of
     from service.settings import Settings, get_settings
     from service.store import StoreEntry, find_entry, list_entries
 
@@ -84,10 +85,6 @@ def _resolve_entries(settings: Settings) -> list[StoreEntry]:
 
 def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     providers = select_providers(settings.providers, ort.get_available_providers())
-    on_cuda = providers[0] == "CUDAExecutionProvider"
-    # CUDA: prime cuDNN for every batch shape the (power-of-two padding) batcher will form.
-    limit = settings.model_batch_limit(on_cuda)
-    warm = tuple(1 << i for i in range(limit.bit_length()) if 1 << i <= limit) if on_cuda else (1,)
     entries = _resolve_entries(settings)
     if not entries:
         logger.warning("no models to serve: the store has none; run `cnnserve export --defaults`")
@@ -100,9 +97,11 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
             entry.path,
             providers=providers,
             intra_op_threads=settings.intra_op_threads,
-            warm_up_batches=warm,
+            warm_up=False,
             device_id=settings.device_id,
             io_binding=settings.io_binding,
+            # named providers or a named device must be what serves, not a silent CPU fallback
+            strict_providers=bool(settings.providers) or "device_id" in settings.model_fields_set,
         )
         model.version = entry.tag.partition(":")[2]
         return model
@@ -110,7 +109,23 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     # Loading is mostly file I/O and graph optimisation in C++ (the GIL is released): threads overlap it.
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(entries)))) as pool:
         loaded = list(pool.map(load, entries))
+    # Then one model at a time (a measured curve must not share the device with another model's): its batch
+    # limit from measurements (service/batch_tuning.py), and a warm-up of every batch shape it will see — on CUDA
+    # the powers of two up to the limit, since the batcher pads to those and cuDNN tunes per shape.
+    defaults = load_family_defaults()
+    for model in loaded:
+        if model.ready:
+            model.batching = limit_for_model(model, settings, family_defaults=defaults).to_json()
+            limit = model.batching["max_batch_size"]
+            model.warm_up(tuple(1 << i for i in range(limit.bit_length())) if model.on_cuda else (1,))
     return {m.name: m for m in loaded}
+
+
+def _batch_limit(model: LoadedModel, settings: Settings) -> tuple[int, int]:
+    """(largest batch of one onnxruntime run, ms after which a queued request is shed) for a model."""
+    if model.batching:
+        return int(model.batching["max_batch_size"]), int(model.batching["shed_after_ms"])
+    return settings.batch_limit_setting() or 16, settings.max_latency_ms
 
 
 def _local_runner(model: LoadedModel, threads: int = 1) -> RunBatch:
@@ -173,8 +188,8 @@ class ModelTier:
             name: ModelBatcher(
                 name,
                 _local_runner(model, self.settings.model_inflight_limit(model.on_cuda)),
-                max_batch_size=self.settings.model_batch_limit(model.on_cuda),
-                max_latency_ms=self.settings.max_latency_ms,
+                max_batch_size=_batch_limit(model, self.settings)[0],
+                max_latency_ms=_batch_limit(model, self.settings)[1],
                 observe=_batch_observer(self.metrics, name),
                 pad_batches=model.on_cuda,
                 max_inflight=self.settings.model_inflight_limit(model.on_cuda),
@@ -280,6 +295,7 @@ class _ApiBase:
                     parity=m.parity,
                     quality=quality_of(m.extra),
                     labels=len(m.labels) if m.labels else None,
+                    batching=Batching(**m.batching) if m.batching else None,
                 )
                 for m in self.models.values()
             ]
@@ -326,7 +342,7 @@ class CNNServe(_ApiBase):
                 name: _local_runner(model, self.settings.model_inflight_limit(model.on_cuda))
                 for name, model in self.models.items()
             }
-            limits = {name: self.settings.model_batch_limit(m.on_cuda) for name, m in self.models.items()}
+            limits = {name: _batch_limit(m, self.settings)[0] for name, m in self.models.items()}
             self._make_batchers(runners, limits)
 
     @bentoml.on_startup
@@ -346,7 +362,7 @@ class CNNServe(_ApiBase):
                 name,
                 runners[name],
                 max_batch_size=limits[name],
-                max_latency_ms=self.settings.max_latency_ms,
+                max_latency_ms=_batch_limit(model, self.settings)[1],
                 observe=None if self.two_tier else _batch_observer(self.metrics, name),
                 pad_batches=model.on_cuda and not self.two_tier,
                 max_inflight=self.settings.api_inflight

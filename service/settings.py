@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     # and the latency after which a queued request is shed with a 503 rather than served late.
     max_batch_size: int = Field(16, ge=1)
     max_latency_ms: int = Field(10_000, ge=1)
+    # Each model's own batch limit comes from its measured batch-cost curve (service/batch_tuning.py): the
+    # smallest batch within batch_tolerance of the best throughput among batches whose one run fits
+    # batch_budget_ms. Curves: `cnnserve tune` → batch_profiles (empty = ~/.cache/cnnserve/batching.json), else
+    # the family defaults we measured; tune_at_start measures a model that has neither while the service loads.
+    batch_budget_ms: float = Field(100.0, gt=0)
+    batch_tolerance: float = Field(0.97, gt=0, le=1)
+    batch_profiles: str = ""
+    tune_at_start: bool = False
     # onnxruntime threads per session (service/session_options.py). 0 = the cores this process may use (CPU
     # affinity, cgroup quota) divided by the processes holding sessions (session_processes()).
     intra_op_threads: int = Field(0, ge=0)
@@ -55,7 +63,7 @@ class Settings(BaseSettings):
     # API worker processes; 0 = auto: two tiers → one per core, leaving one for the model tier (at most 16);
     # one tier → 1 (each worker of a one-tier service holds its own sessions).
     api_workers: int = Field(0, ge=0)
-    # The model tier's batch limit (one onnxruntime run); 0 = 64 on CUDA, else max_batch_size.
+    # The batch limit of one onnxruntime run, for every model; 0 = each model's measured limit (batch_budget_ms).
     model_max_batch_size: int = Field(0, ge=0)
     # Batches of one model running at once in the model tier (0 = 2 on CUDA, so the next batch's copy and launch
     # overlap the current one's compute; 1 on CPU, where one run already uses every core), and calls to the model
@@ -99,10 +107,14 @@ class Settings(BaseSettings):
     def model_inflight_limit(self, on_cuda: bool) -> int:
         return self.model_inflight or (2 if on_cuda else 1)
 
-    def model_batch_limit(self, on_cuda: bool) -> int:
+    def batch_limit_setting(self) -> int | None:
+        """A batch limit set by hand for every onnxruntime run, which then wins over the measured ones:
+        ``model_max_batch_size``, or with one tier an explicitly set ``max_batch_size``."""
         if self.model_max_batch_size:
             return self.model_max_batch_size
-        return 64 if on_cuda else self.max_batch_size
+        if "max_batch_size" in self.model_fields_set and not self.two_tier():
+            return self.max_batch_size
+        return None
 
     def session_processes(self) -> int:
         """Processes on this machine that each hold their own onnxruntime sessions: the model tier alone with two

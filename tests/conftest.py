@@ -23,6 +23,8 @@ os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # onnxruntime's optimised-graph cache goes to the session's directory, not the user's ~/.cache.
 os.environ.setdefault("CNNSERVE_ORT_CACHE_DIR", str(_SESSION_DIR / "ort-cache"))
+# ... and so do measured batch curves: a user's `cnnserve tune` must not change what the tests see.
+os.environ.setdefault("CNNSERVE_BATCH_PROFILES", str(_SESSION_DIR / "batching.json"))
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -117,3 +117,15 @@ def test_an_unusable_cache_dir_falls_back_silently(lenet_file: Path, tmp_path: P
         )
         assert model.ready and model.session_cache == "off" and model.error is None
     assert blocked.read_text() == ""
+
+
+def test_a_silent_fallback_from_cuda_to_cpu_is_caught(lenet_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # This machine has no GPU: onnxruntime prints an EP error and builds a CPU session instead of failing — as it
+    # did on the H100 for a device id the machine lacked (benchmarks/gpu/tune/cuda_options.json).
+    asked = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    strict = load_model("lenet5", lenet_file, providers=asked, device_id=7, strict_providers=True)
+    assert not strict.ready and "fell back to CPUExecutionProvider" in strict.error
+    with caplog.at_level("ERROR", logger="cnnserve.runtime"):
+        lenient = load_model("lenet5", lenet_file, providers=asked)
+    assert lenient.ready and lenient.providers == ["CPUExecutionProvider"]
+    assert "fell back" in caplog.text  # served, but never silently
