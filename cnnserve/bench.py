@@ -648,8 +648,9 @@ def render_markdown(result: dict[str, Any], plots: list[str]) -> str:
         f"- onnxruntime {result['versions']['onnxruntime']}, torch {result['versions']['torch']}, "
         f"Python {result['versions']['python']}",
         f"- load average (1, 5, 15 min) at start {result['load_average_start']}, at end {result['load_average_end']}: "
-        "a load above the core count means other jobs shared the cores during the run, which slows every number "
-        "and makes the ratios noisier (the in-process runtimes are timed in alternation to limit that).",
+        "a start above the core count means other jobs shared the cores, which slows every number and makes the "
+        "ratios noisier (the in-process runtimes are timed in alternation to limit that); the end value is mostly "
+        "the benchmark's own last part (32 clients and the PyTorch peer's threads).",
         "",
         "## Targets (ratios measured in this run)",
         "",
@@ -723,6 +724,7 @@ def render_markdown(result: dict[str, Any], plots: list[str]) -> str:
             "The last two columns come from the service's own `/metrics` (`cnnserve_batch_size`, "
             "`cnnserve_batch_seconds`): how many images each onnxruntime call carried, and the fraction of the "
             "wall time onnxruntime was running.",
+            "",
         ]
         for name, b in (result.get("served_batching") or {}).items():
             where = f" ({b['reference']}, measured on {b['measured_on']})" if b.get("reference") else ""
