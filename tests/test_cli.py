@@ -200,3 +200,26 @@ def test_bench_suite_serves_and_drives_the_peer(tmp_path: Path) -> None:
     assert all(row["mean_batch"] >= 1 for row in result["served"])  # read from the service's /metrics
     assert "mean_batch" not in result["peer"][0]
     assert (out / "throughput_vs_clients.png").is_file()
+
+
+def test_tune_measures_a_store_model_and_the_service_reads_it(model_store: dict[str, str], tmp_path: Path) -> None:
+    profiles = tmp_path / "batching.json"
+    out = run("tune", model_store["cae"], "--profiles", str(profiles), "--budget-ms", "20").stdout
+    assert "== cae (fp32, CPUExecutionProvider)" in out and "batch limit" in out
+    (entry,) = json.loads(profiles.read_text())["profiles"]
+    assert entry["family"] == "cae" and entry["provider"] == "CPUExecutionProvider" and entry["curve"][0][0] == 1
+
+    from service.batch_tuning import limit_for_model
+    from service.runtime import load_model
+    from service.settings import Settings
+    from service.store import resolve_model_file
+
+    model = load_model(*resolve_model_file(model_store["cae"]), providers=["CPUExecutionProvider"], warm_up=False)
+    limit = limit_for_model(model, Settings(tiers="one", batch_profiles=str(profiles), batch_budget_ms=20))
+    assert limit.source == "measured" and f"batch limit {limit.max_batch_size} " in out
+
+    not_ours = tmp_path / "plain.onnx"
+    not_ours.write_bytes(b"\x08\x07")
+    failed = run("tune", str(not_ours), "--profiles", str(profiles), check=False)
+    assert failed.returncode == 2 and "error: model 'plain' is not ready" in failed.stderr
+    assert "Traceback" not in failed.stderr
