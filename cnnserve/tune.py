@@ -32,7 +32,7 @@ def tune(
     returns one record per model: the stored curve plus the limit chosen from it."""
     import onnxruntime as ort
 
-    from service.batch_tuning import ProfileStore, limit_from_curve, tune_model
+    from service.batch_tuning import ProfileStore, curve_of, limit_from_curve, tune_model
     from service.runtime import load_model, select_providers
     from service.settings import get_settings
     from service.store import list_entries, resolve_model_file
@@ -62,7 +62,7 @@ def tune(
         log(f"== {name} ({model.precision}, {model.providers[0]})")
         entry = tune_model(model, settings, profiles=store, log=log)
         limit = limit_from_curve(
-            [(b, ms) for b, ms in entry["curve"]],
+            curve_of(entry),
             source="measured",
             budget_ms=settings.batch_budget_ms,
             tolerance=settings.batch_tolerance,

@@ -53,6 +53,7 @@ __all__ = [
     "BatchLimit",
     "ProfileStore",
     "choose_batch_limit",
+    "curve_of",
     "default_profile_path",
     "device_identity",
     "load_family_defaults",
@@ -93,7 +94,7 @@ class BatchLimit:
     @property
     def warm_sizes(self) -> tuple[int, ...]:
         """The batch shapes a padding (CUDA) batcher forms: powers of two up to the limit."""
-        return tuple(1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i <= self.max_batch_size)
+        return tuple(1 << i for i in range(self.max_batch_size.bit_length()))
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,13 +102,6 @@ class BatchLimit:
             {"batch": b, "ms": round(ms, 3), "images_per_s": round(b / max(ms, 1e-9) * 1000, 1)} for b, ms in self.curve
         ]
         return {k: v for k, v in d.items() if v not in (None, [])}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> BatchLimit:
-        curve = [(int(p["batch"]), float(p["ms"])) for p in d.get("curve", [])]
-        keys = ("budget_ms", "measured_on", "measured_at", "reference")
-        return cls(int(d["max_batch_size"]), d["source"], float(d["shed_after_ms"]), curve=curve,
-                   **{k: d.get(k) for k in keys})  # fmt: skip
 
 
 # --- measuring and choosing ---------------------------------------------------------------------------------------
@@ -318,7 +312,8 @@ def _family_match(
     return None
 
 
-def _curve(entry: dict[str, Any]) -> Curve:
+def curve_of(entry: dict[str, Any]) -> Curve:
+    """A stored entry's curve (JSON pairs) as ``(batch, ms)`` tuples."""
     return [(int(b), float(ms)) for b, ms in entry["curve"]]
 
 
@@ -344,7 +339,7 @@ def resolve_batch_limit(
         entry = profiles.lookup(sha256, identity)
         if entry is not None:
             return limit_from_curve(
-                _curve(entry),
+                curve_of(entry),
                 source="measured",
                 measured_on=_describe(identity),
                 measured_at=entry.get("measured_at"),
@@ -359,7 +354,7 @@ def resolve_batch_limit(
     )
     if entry is not None:
         return limit_from_curve(
-            _curve(entry),
+            curve_of(entry),
             source="family default",
             measured_on=_describe(entry),
             measured_at=entry.get("measured_at"),

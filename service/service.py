@@ -115,9 +115,9 @@ def _load_all(settings: Settings) -> dict[str, LoadedModel]:
     defaults = load_family_defaults()
     for model in loaded:
         if model.ready:
-            model.batching = limit_for_model(model, settings, family_defaults=defaults).to_json()
-            limit = model.batching["max_batch_size"]
-            model.warm_up(tuple(1 << i for i in range(limit.bit_length())) if model.on_cuda else (1,))
+            limit = limit_for_model(model, settings, family_defaults=defaults)
+            model.batching = limit.to_json()
+            model.warm_up(limit.warm_sizes if model.on_cuda else (1,))
     return {m.name: m for m in loaded}
 
 
