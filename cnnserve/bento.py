@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.store import find_entry
+from cnnserve.service.store import find_entry
 
 __all__ = ["ROOT", "build_bento", "bento_models"]
 

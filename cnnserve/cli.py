@@ -1,8 +1,8 @@
 """The ``cnnserve`` command line: list, export, train, score, tune, bench.
 
-Thin on purpose: each command parses its options and calls one function of ``export``, ``cnnserve.demos``,
-``cnnserve.score`` or ``cnnserve.bench``. Errors a user can fix end the command with a one-line message and
-exit code 2, not a traceback.
+Thin on purpose: each command parses its options and calls one function of ``cnnserve.export``, its demos,
+``cnnserve.score`` or, in a source checkout, ``benchmarks``. Errors a user can fix end the command with a one-line
+message and exit code 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ from typing import Annotated
 
 import typer
 
-from .bench import FAMILIES
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 # `cnnserve train NAME` → (module, function); each trains reproducibly and writes <model>.safetensors + <model>.json.
 DEMOS: dict[str, tuple[str, str]] = {
-    "lenet5-digits": ("cnnserve.demos.digits", "train_lenet5_digits"),
-    "unet-shapes": ("cnnserve.demos.unet_shapes", "train_unet_shapes"),
-    "cae-digits": ("cnnserve.demos.cae_digits", "train_cae_digits"),
-    "yolo-shapes": ("cnnserve.demos.yolo_shapes", "train_yolo_shapes"),
+    "lenet5-digits": ("cnnserve.export.demos.digits", "train_lenet5_digits"),
+    "unet-shapes": ("cnnserve.export.demos.unet_shapes", "train_unet_shapes"),
+    "cae-digits": ("cnnserve.export.demos.cae_digits", "train_cae_digits"),
+    "yolo-shapes": ("cnnserve.export.demos.yolo_shapes", "train_yolo_shapes"),
 }
 
 
@@ -46,7 +44,7 @@ def list_cmd(task: Annotated[str | None, typer.Option(help="only this task")] = 
     """The model registry: name, task, input size, parameters, torchvision counterpart."""
     import torch
 
-    from models import build_model, get_spec, list_models
+    from cnnserve.models import build_model, get_spec, list_models
 
     typer.echo(f"{'name':<26}{'task':<16}{'input':<14}{'params':>14}  torchvision")
     for name in list_models(task):
@@ -76,9 +74,9 @@ def export(
 ) -> None:
     """Build, load weights, export ONNX (dynamic batch), check parity, [make the fp16/int8/uint8 variant and
     measure its quality drop], save to the BentoML model store."""
-    from export import DEFAULT_EXPORTS, ExportError, export_model
-    from export.pipeline import store_tag
-    from export.weights import WeightsError
+    from cnnserve.export import DEFAULT_EXPORTS, ExportError, export_model
+    from cnnserve.export.pipeline import store_tag
+    from cnnserve.export.weights import WeightsError
 
     if defaults:
         jobs = list(DEFAULT_EXPORTS)
@@ -116,8 +114,8 @@ def export(
 
 
 def _in_store(name: str) -> bool:
-    from service.errors import ModelNotFound
-    from service.store import find_entry
+    from cnnserve.service.errors import ModelNotFound
+    from cnnserve.service.store import find_entry
 
     try:
         return find_entry(name).path is not None
@@ -138,7 +136,7 @@ def train(
 
     if demo not in DEMOS:
         raise _fail(f"unknown demo {demo!r}; choose one of {', '.join(DEMOS)}")
-    from export.weights import DEMO_WEIGHTS_DIR
+    from cnnserve.export.weights import DEMO_WEIGHTS_DIR
 
     module, function = DEMOS[demo]
     trainer = getattr(importlib.import_module(module), function)
@@ -154,8 +152,8 @@ def bento(
     version: Annotated[str | None, typer.Option(help="bento version (default: generated)")] = None,
 ) -> None:
     """Build the torch-free serving bento (bentofile.yaml) with the chosen exported models inside."""
-    from service.errors import ServeError
-    from service.settings import get_settings
+    from cnnserve.service.errors import ServeError
+    from cnnserve.service.settings import get_settings
 
     from .bento import build_bento
 
@@ -175,7 +173,7 @@ def export_repo(
     max_queue_delay_us: Annotated[int, typer.Option(min=0, help="dynamic batching: longest wait (µs)")] = 1000,
 ) -> None:
     """Write a Triton / KServe model repository (<model>/1/model.onnx + config.pbtxt) from the store."""
-    from service.errors import ServeError
+    from cnnserve.service.errors import ServeError
 
     from .export_repo import export_repository
 
@@ -210,8 +208,8 @@ def score(
     """Batch scoring: one record per image, the same answer as the HTTP service."""
     from tqdm import tqdm
 
-    from service.errors import ServeError
-    from service.settings import get_settings
+    from cnnserve.service.errors import ServeError
+    from cnnserve.service.settings import get_settings
 
     from .score import ENGINES, score_files
 
@@ -266,7 +264,7 @@ def tune(
     defaults: Annotated[Path | None, typer.Option(help="also merge the curves into this family defaults file")] = None,
 ) -> None:
     """Measure each model's batch-cost curve on this machine; the service then batches each model by its own."""
-    from service.errors import ServeError
+    from cnnserve.service.errors import ServeError
 
     from .tune import tune as run_tune
 
@@ -283,203 +281,34 @@ def tune(
         raise _fail(getattr(exc, "message", str(exc))) from None
 
 
-bench_app = typer.Typer(
-    add_completion=False,
-    invoke_without_command=True,
-    help="Benchmarks. With no subcommand: the whole suite (runtime, served endpoint, peer) → benchmarks/RESULTS.md.",
-)
-app.add_typer(bench_app, name="bench")
+def _add_bench() -> None:
+    """``cnnserve bench`` lives with the benchmarks in the source checkout (``benchmarks/``), outside the product
+    package; an installed wheel has no benchmarks and says so."""
+    import importlib.util
 
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    if (folder / "cli.py").is_file():
+        if "benchmarks" not in sys.modules:
+            spec = importlib.util.spec_from_file_location(
+                "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)]
+            )
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["benchmarks"] = module
+            spec.loader.exec_module(module)
+        from benchmarks.cli import bench_app
 
-def _csv_ints(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-
-
-@bench_app.callback()
-def bench(
-    ctx: typer.Context,
-    model: Annotated[str, typer.Option(help="the main model (registered name; with --http: a served model)")] = (
-        "resnet50"
-    ),
-    families: Annotated[
-        str, typer.Option(help="classifier family members timed at batch 1 (comma-separated; '' to skip)")
-    ] = ",".join(FAMILIES),
-    batches: Annotated[str, typer.Option(help="batch sizes for the main model")] = "1,8,32",
-    clients: Annotated[str, typer.Option(help="concurrent HTTP clients")] = "1,4,16,32",
-    duration: Annotated[float, typer.Option(min=0.1, help="seconds of load per concurrency level")] = 15.0,
-    repeats: Annotated[int, typer.Option(min=1, help="timed runs per batch size")] = 10,
-    parts: Annotated[
-        str, typer.Option(help="which parts: families,runtime,served,peer")
-    ] = "families,runtime,served,peer",
-    output_dir: Annotated[Path, typer.Option(help="where RESULTS.md, results.json and the plots go")] = Path(
-        "benchmarks"
-    ),
-    http: Annotated[str | None, typer.Option(help="load-test a running service at this URL (= bench http)")] = None,
-    image: Annotated[Path | None, typer.Option(help="--http: the image to send (default: a digit)")] = None,
-    route: Annotated[str, typer.Option(help="--http: endpoint")] = "/classify",
-    concurrency: Annotated[int, typer.Option(min=1, help="--http: concurrent clients")] = 8,
-    expect: Annotated[str | None, typer.Option(help="--http: count answers whose top label differs as errors")] = None,
-    output: Annotated[Path | None, typer.Option(help="--http: JSON results file")] = None,
-) -> None:
-    """The benchmark suite: onnxruntime fp32/int8 vs PyTorch eager (batch sizes, every classifier family), the
-    served endpoint and a FastAPI + PyTorch peer under concurrent clients; targets as measured ratios."""
-    if ctx.invoked_subcommand is not None:
+        app.add_typer(bench_app, name="bench")
         return
-    if http:
-        _http_load(http, model, image, route, concurrency, duration, expect, output or Path("bench-results/load.json"))
-        return
-    from .bench import run_suite
 
-    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
-    unknown = set(chosen) - {"families", "runtime", "served", "peer"}
-    if unknown:
-        raise _fail(f"unknown part(s) {', '.join(sorted(unknown))}; choose from families, runtime, served, peer")
-    try:
-        run_suite(
-            model=model,
-            families=tuple(f.strip() for f in families.split(",") if f.strip()),
-            batch_sizes=_csv_ints(batches),
-            clients=_csv_ints(clients),
-            duration=duration,
-            repeats=repeats,
-            output_dir=output_dir,
-            parts=chosen,
-            log=typer.echo,
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def bench() -> None:
+        """Benchmarks (in the source checkout only: git clone the project, then make bench)."""
+        raise _fail(
+            "the benchmarks ship with the source checkout, not the package: clone the repository and run it there"
         )
-    except KeyError as exc:
-        raise _fail(str(exc).strip("'\"")) from None
-    typer.echo(f"results written to {output_dir / 'RESULTS.md'} and {output_dir / 'results.json'}")
 
 
-def _http_load(
-    url: str,
-    model: str,
-    image: Path | None,
-    route: str,
-    concurrency: int,
-    duration: float,
-    expect: str | None,
-    output: Path,
-) -> None:
-    from .loadtest import run_load
-
-    if image is None:
-        from .demos.digits import digit_png, digits_split
-
-        split = digits_split()
-        data, expect = digit_png(split.test_images[0]), expect or str(split.test_labels[0])
-    else:
-        data = image.read_bytes()
-    result = run_load(
-        url,
-        image=data,
-        route=route,
-        fields={"model": model} if model else {},
-        concurrency=concurrency,
-        duration=duration,
-        expect=expect,
-        output=output,
-        log=typer.echo,
-    )
-    typer.echo(f"results written to {output}")
-    if result["requests"] == 0:
-        raise _fail(f"no request reached {url}")
-
-
-@bench_app.command("http")
-def bench_http(
-    url: Annotated[str, typer.Argument(help="base URL of a running service")],
-    model: Annotated[str, typer.Option(help="served model")] = "lenet5",
-    image: Annotated[Path | None, typer.Option(help="the image to send (default: a digit)")] = None,
-    route: Annotated[str, typer.Option(help="endpoint")] = "/classify",
-    concurrency: Annotated[int, typer.Option(min=1, help="concurrent clients")] = 8,
-    duration: Annotated[float, typer.Option(min=0.1, help="seconds")] = 10.0,
-    expect: Annotated[str | None, typer.Option(help="count answers whose top label differs as errors")] = None,
-    output: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/load.json"),
-) -> None:
-    """Closed-loop HTTP load against a running service: requests/s, p50/p95/p99, errors."""
-    _http_load(url, model, image, route, concurrency, duration, expect, output)
-
-
-def _csv_floats(value: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-
-
-@bench_app.command("serve")
-def bench_serve(
-    model: Annotated[str, typer.Option(help="store tag to serve, e.g. resnet50-fp16-u8 (export it first)")] = (
-        "resnet50"
-    ),
-    clients: Annotated[str, typer.Option(help="concurrent clients for cnnserve")] = "1,16,64,256",
-    peer_clients: Annotated[str, typer.Option(help="concurrent clients for the peers")] = "1,64",
-    duration: Annotated[float, typer.Option(min=0.5, help="seconds of load per level")] = 8.0,
-    api_workers: Annotated[str, typer.Option(help="API-worker counts to try (0 = auto)")] = "0",
-    jpeg_draft: Annotated[str, typer.Option(help="CNNSERVE_JPEG_DRAFT values to try")] = "1.0",
-    peers: Annotated[str, typer.Option(help="peers to start: torch,bentoml ('' for none)")] = "torch,bentoml",
-    peer_workers: Annotated[int, typer.Option(min=1, help="workers of the plain BentoML peer")] = 4,
-    raw_batches: Annotated[str, typer.Option(help="batch sizes for raw onnxruntime")] = "1,8,64,256",
-    client_processes: Annotated[int, typer.Option(min=0, help="load-generator processes (0 = auto)")] = 0,
-    output: Annotated[Path, typer.Option(help="results JSON (summary.md next to it)")] = Path(
-        "benchmarks/gpu/results.json"
-    ),
-) -> None:
-    """The served model under heavy load (1…256 clients, 640×480 JPEGs) against the peers it starts itself, with
-    raw onnxruntime, the load generator's own ceiling, and a profile of what is busy; made for the GPU machine."""
-    from .bench_serve import serve_benchmark
-
-    try:
-        serve_benchmark(
-            model=model,
-            levels=_csv_ints(clients),
-            peer_levels=_csv_ints(peer_clients),
-            duration=duration,
-            api_workers=_csv_ints(api_workers),
-            jpeg_draft=_csv_floats(jpeg_draft),
-            peers=tuple(p for p in peers.split(",") if p.strip()),
-            peer_workers=peer_workers,
-            raw_batches=_csv_ints(raw_batches),
-            client_processes=client_processes,
-            output=output,
-            log=typer.echo,
-        )
-    except RuntimeError as exc:
-        raise _fail(str(exc)) from None
-    typer.echo(f"results written to {output}")
-
-
-@bench_app.command("runtime")
-def bench_runtime(
-    model: Annotated[str, typer.Option(help="registered model name")] = "resnet50",
-    batch: Annotated[list[int], typer.Option(help="batch sizes (repeat the option)")] = [1, 8],  # noqa: B006
-    precision: Annotated[list[str], typer.Option(help="onnxruntime precisions (repeat): fp32, int8, fp16")] = [  # noqa: B006
-        "fp32"
-    ],
-    repeats: Annotated[int, typer.Option(min=1)] = 20,
-    threads: Annotated[int, typer.Option(help="intra-op threads for both runtimes (0 = the usable cores)")] = 0,
-    output: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/bench.json"),
-) -> None:
-    """One model in-process: onnxruntime (CPU) vs PyTorch eager per batch size; results to JSON."""
-    from .bench import bench_model
-
-    try:
-        bench_model(
-            model,
-            batch_sizes=tuple(batch),
-            repeats=repeats,
-            threads=threads,
-            precisions=tuple(precision),
-            output=output,
-            log=typer.echo,
-        )
-    except KeyError as exc:
-        raise _fail(str(exc).strip("'\"")) from None
-    typer.echo(f"results written to {output}")
+_add_bench()
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ModelNotFound
-from service.store import find_entry, list_entries
+from cnnserve.service.errors import ModelNotFound
+from cnnserve.service.store import find_entry, list_entries
 
 __all__ = ["TRITON_DTYPES", "TensorConfig", "export_repository", "model_config"]
 

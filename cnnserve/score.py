@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.answers import AnswerOptions, answer_for, denoised_image
-from service.codecs import png_bytes
-from service.errors import ServeError
-from service.imaging import decode_image, preprocess
-from service.runtime import LoadedModel, load_model, select_providers
-from service.store import resolve_model_file
+from cnnserve.service.answers import AnswerOptions, answer_for, denoised_image
+from cnnserve.service.codecs import png_bytes
+from cnnserve.service.errors import ServeError
+from cnnserve.service.imaging import decode_image, preprocess
+from cnnserve.service.runtime import LoadedModel, load_model, select_providers
+from cnnserve.service.store import resolve_model_file
 
 __all__ = [
     "ENGINES",
@@ -192,8 +192,8 @@ class Scorer:
     def __init__(self, config: ScorerConfig) -> None:
         import onnxruntime as ort
 
-        from service.session_options import SessionConfig
-        from service.settings import get_settings
+        from cnnserve.service.session_options import SessionConfig
+        from cnnserve.service.settings import get_settings
 
         self.config = config
         session = replace(SessionConfig.from_settings(get_settings()), processes=config.processes)

@@ -32,10 +32,10 @@ def tune(
     returns one record per model: the stored curve plus the limit chosen from it."""
     import onnxruntime as ort
 
-    from service.batch_tuning import ProfileStore, curve_of, limit_from_curve, tune_model
-    from service.runtime import load_model, select_providers
-    from service.settings import get_settings
-    from service.store import list_entries, resolve_model_file
+    from cnnserve.service.batch_tuning import ProfileStore, curve_of, limit_from_curve, tune_model
+    from cnnserve.service.runtime import load_model, select_providers
+    from cnnserve.service.settings import get_settings
+    from cnnserve.service.store import list_entries, resolve_model_file
 
     updates = {"batch_profiles": str(profiles_path) if profiles_path else None, "batch_budget_ms": budget_ms,
                "batch_tolerance": tolerance}  # fmt: skip
@@ -83,7 +83,7 @@ def tune(
 
 def _merge_defaults(path: Path, records: list[dict[str, Any]]) -> None:
     """Family defaults are keyed by (registered model, precision, provider); a file's hash means nothing there."""
-    from service.batch_tuning import dump_entries
+    from cnnserve.service.batch_tuning import dump_entries
 
     try:
         data = json.loads(path.read_text())

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
-from models import ModelSpec
+from cnnserve.models import ModelSpec
 
 from .wrappers import Normalize, TaskExport, register_task
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from cnnserve.models import ModelSpec
 
-import models
-from models import ModelSpec
+from cnnserve import models
 
 from .onnx import INPUT_NAME, export_onnx, write_metadata
 from .parity import PARITY_TOLERANCE, measure_parity, parity_batch

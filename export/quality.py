@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cnnserve.service.imaging import Preprocess, decode_image, preprocess
 from PIL import Image
-
-from service.imaging import Preprocess, decode_image, preprocess
 
 __all__ = [
     "Quality",
@@ -136,13 +135,13 @@ def _folder_images(folder: Path, pre: Preprocess, limit: int) -> list[np.ndarray
 
 
 def _digits(images: np.ndarray, pre: Preprocess) -> np.ndarray:
-    from cnnserve.demos.digits import digit_image
+    from cnnserve.export.demos.digits import digit_image
 
     return np.stack([preprocess(digit_image(img), pre) for img in images])
 
 
 def _shapes(count: int, seed: int, pre: Preprocess):
-    from cnnserve.demos.shapes import make_dataset
+    from cnnserve.export.demos.shapes import make_dataset
 
     samples = make_dataset(count, seed=seed, size=pre.input_size)
     return samples, np.stack([preprocess(Image.fromarray(s.image), pre) for s in samples])
@@ -161,11 +160,11 @@ def calibration_images(spec: dict, *, folder: Path | None = None, limit: int = C
         return _folder_images(folder, pre, limit)
     dataset = _demo_dataset(spec)
     if dataset is not None and dataset.startswith("sklearn-digits"):
-        from cnnserve.demos.digits import digits_split
+        from cnnserve.export.demos.digits import digits_split
 
         return list(_digits(digits_split().train_images[:limit], pre))
     if dataset == "synthetic-shapes":
-        from cnnserve.demos.shapes import TRAIN_SEED
+        from cnnserve.export.demos.shapes import TRAIN_SEED
 
         return list(_shapes(limit, TRAIN_SEED, pre)[1])
     return _photo_crops(pre, limit)
@@ -200,7 +199,7 @@ def _session(path: Path):
 
 
 def _digits_accuracy(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
-    from cnnserve.demos.digits import digits_split
+    from cnnserve.export.demos.digits import digits_split
 
     split = digits_split()
     images = _digits(split.test_images, Preprocess.from_spec(spec))
@@ -213,8 +212,8 @@ def _digits_accuracy(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
 
 
 def _unet_miou(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
-    from cnnserve.demos.shapes import CLASSES, HELD_OUT_SEED
-    from cnnserve.demos.unet_shapes import HELD_OUT_SCENES, confusion_matrix, mean_iou
+    from cnnserve.export.demos.shapes import CLASSES, HELD_OUT_SEED
+    from cnnserve.export.demos.unet_shapes import HELD_OUT_SCENES, confusion_matrix, mean_iou
 
     samples, images = _shapes(HELD_OUT_SCENES, HELD_OUT_SEED, Preprocess.from_spec(spec))
     masks = np.stack([s.mask.astype(np.int64) for s in samples])
@@ -228,8 +227,8 @@ def _unet_miou(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
 
 
 def _yolo_map(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
-    from cnnserve.demos.shapes import HELD_OUT_SEED
-    from cnnserve.demos.yolo_shapes import (
+    from cnnserve.export.demos.shapes import HELD_OUT_SEED
+    from cnnserve.export.demos.yolo_shapes import (
         EVAL_IMAGES,
         EVAL_IOU_THRESHOLD,
         EVAL_SCORE_THRESHOLD,
@@ -251,10 +250,9 @@ def _yolo_map(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
 
 
 def _cae_auroc(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
+    from cnnserve.export.demos.cae_digits import NORMAL_DIGITS
+    from cnnserve.export.demos.digits import digits_split
     from sklearn.metrics import roc_auc_score
-
-    from cnnserve.demos.cae_digits import NORMAL_DIGITS
-    from cnnserve.demos.digits import digits_split
 
     split = digits_split()
     pre = Preprocess.from_spec(spec)

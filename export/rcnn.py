@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cnnserve.models.rcnn  # noqa: F401  (defines the custom op torch.ops.cnnserve.rowwise_nms)
 import numpy as np
 import torch
 import torch.nn as nn
+from cnnserve.models import ModelSpec
 from onnxscript import ir
 from onnxscript import opset18 as op
-
-import models.rcnn  # noqa: F401  (defines the custom op torch.ops.cnnserve.rowwise_nms)
-from models import ModelSpec
 
 from .wrappers import Normalize, TaskExport, register_task
 

@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import bentoml
-
-from service.store import STORE_LABEL
+from cnnserve.service.store import STORE_LABEL
 
 __all__ = ["save_to_store"]
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from cnnserve.models import ModelSpec
 
-from models import ModelSpec
+from cnnserve import models
 
 __all__ = [
     "WeightsError",
@@ -31,7 +32,7 @@ __all__ = [
     "torchvision_spec",
 ]
 
-DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "models" / "weights"
+DEMO_WEIGHTS_DIR = Path(models.__file__).resolve().parent / "weights"  # package data of cnnserve.models
 
 
 class WeightsError(RuntimeError):
@@ -119,7 +120,7 @@ def load_demo(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 def apply_state_dict(model: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:
     """Strict load, after the family's own key adapter if it has one (DenseNet's legacy key names)."""
-    family = importlib.import_module(f"models.{spec.family}")
+    family = importlib.import_module(f"{models.__name__}.{spec.family}")
     adapt = getattr(family, "adapt_state_dict", None)
     if adapt is not None:
         state = adapt(state)

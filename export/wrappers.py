@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-
-from models import ModelSpec
+from cnnserve.models import ModelSpec
 
 __all__ = [
     "Normalize",

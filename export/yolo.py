@@ -27,11 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from cnnserve.models import ModelSpec
+from cnnserve.models.yolo import decode
 from onnxscript import opset18 as op
 from onnxscript.function_libs.torch_lib.registration import torch_op
-
-from models import ModelSpec
-from models.yolo import decode
 
 from .wrappers import Normalize, TaskExport, register_task
 

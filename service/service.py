@@ -43,18 +43,17 @@ with bentoml.importing():
     import anyio
     import numpy as np
     import onnxruntime as ort
+    from cnnserve.service.batch_tuning import limit_for_model, load_family_defaults
+    from cnnserve.service.batching import ModelBatcher, RunBatch
+    from cnnserve.service.errors import BadInput, ModelNotFound, ModelUnavailable, ServeError
+    from cnnserve.service.http import routes_app
+    from cnnserve.service.imaging import decode_image, preprocess_uint8
+    from cnnserve.service.metrics import Metrics
+    from cnnserve.service.runtime import LoadedModel, load_model, select_providers
+    from cnnserve.service.schemas import Batching, ModelsResponse, ModelStatus, quality_of
+    from cnnserve.service.settings import Settings, get_settings
+    from cnnserve.service.store import StoreEntry, find_entry, list_entries
     from PIL import Image
-
-    from service.batch_tuning import limit_for_model, load_family_defaults
-    from service.batching import ModelBatcher, RunBatch
-    from service.errors import BadInput, ModelNotFound, ModelUnavailable, ServeError
-    from service.http import routes_app
-    from service.imaging import decode_image, preprocess_uint8
-    from service.metrics import Metrics
-    from service.runtime import LoadedModel, load_model, select_providers
-    from service.schemas import Batching, ModelsResponse, ModelStatus, quality_of
-    from service.settings import Settings, get_settings
-    from service.store import StoreEntry, find_entry, list_entries
 
 logger = logging.getLogger("cnnserve.service")
 

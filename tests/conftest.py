@@ -41,8 +41,8 @@ def model_store() -> dict[str, str]:
     """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE, U-Net) and a
     seeded random ResNet-18, plus a deliberately broken entry (a truncated ONNX file) to prove that one bad model
     does not stop the others."""
-    from export import export_model
-    from export.store import save_to_store
+    from cnnserve.export import export_model
+    from cnnserve.export.store import save_to_store
 
     tags = {
         "lenet5": export_model("lenet5", weights="demo").tag,
@@ -68,8 +68,7 @@ def _relabelled(tag: str, name: str, labels: list[str]) -> str:
 
     import bentoml
     import onnx
-
-    from export.store import save_to_store
+    from cnnserve.export.store import save_to_store
 
     entry = bentoml.models.get(tag)
     model = onnx.load(entry.path_of(entry.info.metadata["onnx_file"]))

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.batch_tuning import (
+from cnnserve.service.batch_tuning import (
     BatchLimit,
     ProfileStore,
     choose_batch_limit,
@@ -20,8 +19,8 @@ from service.batch_tuning import (
     resolve_batch_limit,
     tune_model,
 )
-from service.runtime import load_model
-from service.settings import Settings
+from cnnserve.service.runtime import load_model
+from cnnserve.service.settings import Settings
 
 CPU = {"provider": "CPUExecutionProvider", "device": "Test CPU", "threads": 2}
 CUDA = {"provider": "CUDAExecutionProvider", "device": "Test GPU", "threads": 16}
@@ -60,7 +59,7 @@ class _Clock:
 
 
 def test_measuring_stops_at_the_budget_and_on_a_plateau(monkeypatch) -> None:
-    import service.batch_tuning as tuning
+    import cnnserve.service.batch_tuning as tuning
 
     flat = _Clock(lambda b: 0.002 * b)  # 2 ms per image: every batch size has the same throughput
     monkeypatch.setattr(tuning.time, "perf_counter", flat)
@@ -157,8 +156,8 @@ def test_explicit_settings_win(monkeypatch) -> None:
 
 
 def test_shipped_family_defaults_cover_every_family_on_cpu() -> None:
-    from models import list_models
-    from models.registry import get_spec
+    from cnnserve.models import list_models
+    from cnnserve.models.registry import get_spec
 
     entries = load_family_defaults()
     cpu = {e["family"] for e in entries if e["provider"] == "CPUExecutionProvider"}
@@ -170,7 +169,7 @@ def test_shipped_family_defaults_cover_every_family_on_cpu() -> None:
 
 @pytest.fixture(scope="module")
 def lenet_file(tmp_path_factory) -> Path:
-    from export import export_model
+    from cnnserve.export import export_model
 
     path = tmp_path_factory.mktemp("tune") / "lenet5.onnx"
     export_model("lenet5", weights="random", output=path, save=False)

@@ -7,9 +7,8 @@ import asyncio
 
 import numpy as np
 import pytest
-
-from service.batching import ModelBatcher
-from service.errors import ModelUnavailable, ServeError
+from cnnserve.service.batching import ModelBatcher
+from cnnserve.service.errors import ModelUnavailable, ServeError
 
 
 def _runner(calls: list[int], delay: float = 0.02, fail: Exception | None = None):

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_serve_writes_the_headline_keys_and_a_summary(model_store, tmp_path: Path) -> None:
-    from cnnserve.bench_serve import serve_benchmark
+    from benchmarks.serve import serve_benchmark
 
     output = tmp_path / "gpu" / "results.json"
     result = serve_benchmark(

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from cnnserve.demos.digits import digit_png, digits_split
+from cnnserve.export.demos.digits import digit_png, digits_split
 
 BIN = Path(sys.executable).parent
 TRAINING_ONLY = {"torch", "torchvision", "onnxscript", "safetensors", "scikit-learn"}

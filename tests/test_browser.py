@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from cnnserve.export.demos.digits import digit_png, digits_split
 from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
@@ -31,8 +32,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
-
-from cnnserve.demos.digits import digit_png, digits_split
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "service" / "static" / "samples"
@@ -42,9 +41,8 @@ def make_samples(folder: Path) -> None:
     """The page's sample images: a digit (the README's, a 2), the same digit with Gaussian noise (σ = 0.2, seeded),
     a shapes scene and a photo from skimage.data, small enough to commit."""
     import skimage.data
-
-    from cnnserve.demos.digits import digit_image, digits_split
-    from cnnserve.demos.shapes import make_dataset
+    from cnnserve.export.demos.digits import digit_image, digits_split
+    from cnnserve.export.demos.shapes import make_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     digit = digits_split().test_images[0]

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
-from cnnserve.demos.digits import digit_png, digits_split
+from cnnserve.export.demos.digits import digit_png, digits_split
 
 CNNSERVE = str(Path(sys.executable).parent / "cnnserve")
 
@@ -154,9 +153,8 @@ def test_bench_suite_writes_results_table_and_plots(tmp_path: Path) -> None:
 
 def test_score_detection_equals_the_http_answer(model_store: dict[str, str], server, tmp_path: Path) -> None:
     """A detector through `cnnserve score`: boxes in each file's own pixels, the same as `/detect` answers."""
+    from cnnserve.export.demos.shapes import HELD_OUT_SEED, make_dataset
     from PIL import Image
-
-    from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
 
     folder = tmp_path / "scenes"
     folder.mkdir()
@@ -209,10 +207,10 @@ def test_tune_measures_a_store_model_and_the_service_reads_it(model_store: dict[
     (entry,) = json.loads(profiles.read_text())["profiles"]
     assert entry["family"] == "cae" and entry["provider"] == "CPUExecutionProvider" and entry["curve"][0][0] == 1
 
-    from service.batch_tuning import limit_for_model
-    from service.runtime import load_model
-    from service.settings import Settings
-    from service.store import resolve_model_file
+    from cnnserve.service.batch_tuning import limit_for_model
+    from cnnserve.service.runtime import load_model
+    from cnnserve.service.settings import Settings
+    from cnnserve.service.store import resolve_model_file
 
     model = load_model(*resolve_model_file(model_store["cae"]), providers=["CPUExecutionProvider"], warm_up=False)
     limit = limit_for_model(model, Settings(tiers="one", batch_profiles=str(profiles), batch_budget_ms=20))

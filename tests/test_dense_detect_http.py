@@ -7,13 +7,12 @@ import io
 
 import numpy as np
 import pytest
+from cnnserve.export.demos.digits import digit_image, digit_png, digits_split
+from cnnserve.export.demos.shapes import HELD_OUT_SEED, make_dataset
+from cnnserve.export.demos.yolo_shapes import mean_average_precision
 from conftest import png_bytes, post_image
 from PIL import Image
 from sklearn.metrics import roc_auc_score
-
-from cnnserve.demos.digits import digit_image, digit_png, digits_split
-from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
-from cnnserve.demos.yolo_shapes import mean_average_precision
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +103,7 @@ def test_segment_overlay_is_a_picture_of_the_upload(server, scenes) -> None:
 
 def _noisy_and_clean_digits(count: int, sigma: float = 0.2) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Test-split digits 0–7 at the model's 32×32 (as the service resizes them), plus Gaussian noise σ."""
-    from service.imaging import Preprocess, preprocess
+    from cnnserve.service.imaging import Preprocess, preprocess
 
     split = digits_split()
     keep = np.flatnonzero(split.test_labels <= 7)[:count]

@@ -11,8 +11,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
-from service.settings import Settings
+from cnnserve.service.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
@@ -144,7 +143,7 @@ def model_repo(model_store: dict[str, str], tmp_path_factory: pytest.TempPathFac
 
 
 def test_repository_has_one_versioned_folder_per_model(model_repo: Path, model_store: dict[str, str]) -> None:
-    from service.store import find_entry
+    from cnnserve.service.store import find_entry
 
     assert sorted(p.name for p in model_repo.iterdir()) == ["cae", "lenet5", "unet", "yolov1_shapes"]
     for model in model_repo.iterdir():

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision.models as tvm
+from cnnserve.models import efficientnet, vit
 
-import models
-from models import efficientnet, vit
+from cnnserve import models
 
 EFFICIENTNETS = [f"efficientnet_b{i}" for i in range(8)]
 VITS = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"]

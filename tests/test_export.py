@@ -9,11 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cnnserve.export import export_model
+from cnnserve.export.onnx import read_metadata
+from cnnserve.export.parity import PARITY_TOLERANCE
 
-import models
-from export import export_model
-from export.onnx import read_metadata
-from export.parity import PARITY_TOLERANCE
+from cnnserve import models
 
 ONE_PER_FAMILY = ["lenet5", "alexnet", "googlenet", "resnet18", "densenet121", "efficientnet_b0", "vit_b_32"]
 SLOW = ["vgg11"]  # a 0.5 GB file; the family's parity is in test_models' fast set

@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
-from models.densenet import DenseBlock, DenseNet, Transition, adapt_state_dict, densenet121
-from models.googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
-from models.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
+from cnnserve.models.densenet import DenseBlock, DenseNet, Transition, adapt_state_dict, densenet121
+from cnnserve.models.googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
+from cnnserve.models.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
 # GoogLeNet is convolutional up to its adaptive pools; 64×64 keeps every stage non-empty and the tests fast.
 SMALL = (64, 64)
@@ -121,7 +120,7 @@ def test_transition_halves_width_and_resolution() -> None:
     [("densenet121", 1024), ("densenet161", 2208), ("densenet169", 1664), ("densenet201", 1920)],
 )
 def test_densenet_variants_reach_the_papers_final_width(name: str, width: int) -> None:
-    import models.densenet as family
+    import cnnserve.models.densenet as family
 
     with torch.device("meta"):
         model = getattr(family, name)(num_classes=7)

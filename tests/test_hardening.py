@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import requests
 import schemathesis
+from cnnserve.export.demos.digits import digit_png, digits_split
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-
-from cnnserve.demos.digits import digit_png, digits_split
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

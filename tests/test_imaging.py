@@ -16,12 +16,12 @@ import pytest
 import skimage.data
 import torchvision.models
 import torchvision.transforms as T
+from cnnserve.export.weights import torchvision_spec
+from cnnserve.service.errors import BadInput, PayloadTooLarge
+from cnnserve.service.imaging import Preprocess, decode_image, preprocess, to_model_mode
 from PIL import Image
 
-import models
-from export.weights import torchvision_spec
-from service.errors import BadInput, PayloadTooLarge
-from service.imaging import Preprocess, decode_image, preprocess, to_model_mode
+from cnnserve import models
 
 IMAGENET = Preprocess(input_size=(224, 224), resize_size=256, interpolation="bilinear")
 TV_INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from cnnserve.export.demos.digits import digit_png, digits_split
 
-from cnnserve.demos.digits import digit_png, digits_split
-from cnnserve.loadtest import run_load
+from benchmarks.loadtest import run_load
 
 CNNSERVE = str(Path(sys.executable).parent / "cnnserve")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-import models
+from cnnserve import models
 
 CONTRACT_NAMES = (
     ["lenet5", "alexnet"]

@@ -20,14 +20,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cnnserve.export import export_model
+from cnnserve.export.demos.digits import digit_png, digits_split
+from cnnserve.export.onnx import read_metadata
+from cnnserve.export.quality import photo_images
+from cnnserve.service.imaging import Preprocess, preprocess
+from cnnserve.service.schemas import quality_of
 
-import models
-from cnnserve.demos.digits import digit_png, digits_split
-from export import export_model
-from export.onnx import read_metadata
-from export.quality import photo_images
-from service.imaging import Preprocess, preprocess
-from service.schemas import quality_of
+from cnnserve import models
 
 CNNSERVE = str(Path(sys.executable).parent / "cnnserve")
 GATES = {"lenet5": 0.005, "unet": 0.01, "yolov1_shapes": 0.02, "cae": 0.01}
@@ -89,7 +89,7 @@ def test_lenet5_int8_accuracy_measured_independently(tmp_path: Path) -> None:
     result = export_model("lenet5", weights="demo", precision="int8", output=path, save=False)
     split = digits_split()
     pre = Preprocess.from_spec(read_metadata(path)["cnnserve.spec"])
-    from cnnserve.demos.digits import digit_image
+    from cnnserve.export.demos.digits import digit_image
 
     images = np.stack([preprocess(digit_image(d), pre) for d in split.test_images])
     (probs,) = _session(path).run(None, {"images": images})

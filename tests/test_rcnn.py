@@ -27,20 +27,20 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 import torchvision
+from cnnserve.export.onnx import read_metadata
+from cnnserve.export.pipeline import export_model
+from cnnserve.export.rcnn import detection_parity
+from cnnserve.export.weights import apply_state_dict, torchvision_checkpoint_path
+from cnnserve.models.rcnn import FasterRCNN, adapt_state_dict, freeze_batch_norm
+from cnnserve.service.answers import scale_boxes
+from cnnserve.service.imaging import detection_resize_size
+from cnnserve.service.masks import paste_masks
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-import models
-from export.onnx import read_metadata
-from export.pipeline import export_model
-from export.rcnn import detection_parity
-from export.weights import apply_state_dict, torchvision_checkpoint_path
-from models.rcnn import FasterRCNN, adapt_state_dict, freeze_batch_norm
-from service.answers import scale_boxes
-from service.imaging import detection_resize_size
-from service.masks import paste_masks
+from cnnserve import models
 
 NAMES = ("fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn")
 IMAGES = ("astronaut", "coffee", "chelsea")

@@ -28,17 +28,17 @@ import requests
 import skimage.data
 import torch
 import torchvision
+from cnnserve.export.pipeline import export_model
+from cnnserve.service.answers import AnswerOptions, answer_for
+from cnnserve.service.imaging import decode_image, preprocess
+from cnnserve.service.runtime import LoadedModel, load_model
+from cnnserve.service.store import resolve_model_file
 from conftest import Server, png_bytes, post_image, start_server, stop_server
 from PIL import Image
 from test_rcnn import LIVELY_SPREADS, calibration_images, make_lively
 from test_render import footprint
 
-import models
-from export.pipeline import export_model
-from service.answers import AnswerOptions, answer_for
-from service.imaging import decode_image, preprocess
-from service.runtime import LoadedModel, load_model
-from service.store import resolve_model_file
+from cnnserve import models
 
 pytestmark = pytest.mark.slow
 

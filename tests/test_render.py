@@ -13,11 +13,10 @@ import io
 import numpy as np
 import pytest
 import requests
+from cnnserve.export.demos.shapes import HELD_OUT_SEED, make_dataset
+from cnnserve.service.codecs import draw_detections
 from conftest import png_bytes, post_image
 from PIL import Image
-
-from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
-from service.codecs import draw_detections
 
 
 def _image(b64: str) -> Image.Image:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.runtime import load_model
-from service.session_options import SessionConfig, available_cores, cache_key, create_session, session_threads
-from service.settings import Settings
+from cnnserve.service.runtime import load_model
+from cnnserve.service.session_options import SessionConfig, available_cores, cache_key, create_session, session_threads
+from cnnserve.service.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -34,7 +33,7 @@ def test_cores_are_the_affinity_capped_by_the_cgroup_quota() -> None:
 
 
 def test_cgroup_quota_file(tmp_path: Path) -> None:
-    from service.session_options import _cgroup_cpu_limit
+    from cnnserve.service.session_options import _cgroup_cpu_limit
 
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("max 100000\n")
@@ -64,7 +63,7 @@ def test_settings_give_each_session_its_share(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture(scope="module")
 def lenet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export import export_model
+    from cnnserve.export import export_model
 
     path = tmp_path_factory.mktemp("lenet") / "lenet5.onnx"
     export_model("lenet5", weights="demo", output=path, save=False)

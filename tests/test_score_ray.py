@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cnnserve.export.demos.digits import digit_png, digits_split
 
-from cnnserve.demos.digits import digit_png, digits_split
 from cnnserve.score import read_records, score_files
 
 CNNSERVE = str(Path(sys.executable).parent / "cnnserve")

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import requests
 import torch
+from cnnserve.export.demos.digits import digit_png, digits_split
 from PIL import Image
-
-from cnnserve.demos.digits import digit_png, digits_split
 
 
 def _jpeg(array: np.ndarray) -> bytes:
@@ -50,7 +49,7 @@ def test_photo_through_resnet_matches_pytorch(server) -> None:
     import skimage.data
     import torchvision.transforms as T
 
-    import models
+    from cnnserve import models
 
     data = _jpeg(skimage.data.chelsea())
     response = classify(server, data, model="resnet18", top_k=5)

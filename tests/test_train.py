@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cnnserve.export.demos.digits import _to_batch, digits_split
+from cnnserve.export.weights import DEMO_WEIGHTS_DIR
+from cnnserve.models import build_model
 from safetensors.torch import load_file
-
-from cnnserve.demos.digits import _to_batch, digits_split
-from export.weights import DEMO_WEIGHTS_DIR
-from models import build_model
 
 
 def _accuracy(state: dict[str, torch.Tensor]) -> float:

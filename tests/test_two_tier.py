@@ -10,11 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
+from cnnserve.export.demos.digits import digit_png, digits_split
+from cnnserve.export.demos.shapes import HELD_OUT_SEED, make_dataset
 from conftest import _SESSION_DIR, png_bytes, post_image, start_server, stop_server
 from PIL import Image
-
-from cnnserve.demos.digits import digit_png, digits_split
-from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
 
 
 @pytest.fixture(scope="module")

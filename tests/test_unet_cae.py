@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cnnserve.export.dense  # noqa: F401  (registers the dense tasks' export wrappers)
+import cnnserve.models.cae  # noqa: F401  (registers "cae")
+import cnnserve.models.unet  # noqa: F401  (registers "unet")
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from cnnserve.export import export_model
+from cnnserve.export.onnx import read_metadata
+from cnnserve.export.weights import DEMO_WEIGHTS_DIR
+from cnnserve.models import build_model, get_spec
+from cnnserve.models.unet import UNet, valid_output_size
 from safetensors.torch import load_file
-
-import export.dense  # noqa: F401  (registers the dense tasks' export wrappers)
-import models.cae  # noqa: F401  (registers "cae")
-import models.unet  # noqa: F401  (registers "unet")
-from export import export_model
-from export.onnx import read_metadata
-from export.weights import DEMO_WEIGHTS_DIR
-from models import build_model, get_spec
-from models.unet import UNet, valid_output_size
 
 MIOU_TARGET = 0.85
 AUROC_TARGET = 0.95
@@ -76,7 +75,7 @@ def test_unet_spec_and_paper_width() -> None:
     spec = get_spec("unet")
     assert spec.task == "semantic_segmentation" and spec.input_size == (128, 128)
     assert spec.labels == ("background", "circle", "square", "triangle")
-    from cnnserve.demos.shapes import CLASSES
+    from cnnserve.export.demos.shapes import CLASSES
 
     assert spec.labels == CLASSES
     paper = build_model("unet", base_width=64, in_channels=1, num_classes=2)
@@ -143,7 +142,7 @@ def test_cae_export_parity_error_output_and_threshold(tmp_path: Path) -> None:
 
 
 def test_unet_demo_meets_its_target_and_reproduces_its_record() -> None:
-    from cnnserve.demos.unet_shapes import evaluate
+    from cnnserve.export.demos.unet_shapes import evaluate
 
     model, record = _demo("unet")
     assert record["dataset"] == "synthetic-shapes"
@@ -154,7 +153,7 @@ def test_unet_demo_meets_its_target_and_reproduces_its_record() -> None:
 
 
 def test_cae_demo_meets_its_targets_and_reproduces_its_record() -> None:
-    from cnnserve.demos.cae_digits import evaluate
+    from cnnserve.export.demos.cae_digits import evaluate
 
     model, record = _demo("cae")
     assert record["dataset"] == "sklearn-digits-0to7"
@@ -172,7 +171,7 @@ def test_cae_demo_meets_its_targets_and_reproduces_its_record() -> None:
 
 @pytest.mark.slow
 def test_unet_shapes_training_reaches_the_target(tmp_path: Path) -> None:
-    from cnnserve.demos.unet_shapes import train_unet_shapes
+    from cnnserve.export.demos.unet_shapes import train_unet_shapes
 
     record = train_unet_shapes(tmp_path, log=lambda _msg: None)
     assert record["mean_iou"] >= MIOU_TARGET
@@ -181,7 +180,7 @@ def test_unet_shapes_training_reaches_the_target(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cae_digits_training_reaches_the_targets(tmp_path: Path) -> None:
-    from cnnserve.demos.cae_digits import train_cae_digits
+    from cnnserve.export.demos.cae_digits import train_cae_digits
 
     record = train_cae_digits(tmp_path, log=lambda _msg: None)
     assert record["auroc_8_9"] >= AUROC_TARGET

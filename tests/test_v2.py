@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
+from cnnserve.export.demos.digits import digit_png, digits_split
 from tritonclient.utils import InferenceServerException
-
-from cnnserve.demos.digits import digit_png, digits_split
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +40,8 @@ def test_model_metadata(client) -> None:
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_infer_matches_the_classify_endpoint(client, server, binary: bool) -> None:
     """The same digit through v2 (the raw graph) and /classify (decode + preprocess) gives the same probabilities."""
+    from cnnserve.service.imaging import Preprocess, preprocess
     from PIL import Image
-
-    from service.imaging import Preprocess, preprocess
 
     split = digits_split()
     pngs = [digit_png(split.test_images[i]) for i in range(3)]

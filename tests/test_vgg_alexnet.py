@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision.models
-
-from models import build_model, get_spec
+from cnnserve.models import build_model, get_spec
 
 # name → 3×3 convolutions (Simonyan & Zisserman, Table 1: configurations A, B, D, E).
 VGG_CONVS = {

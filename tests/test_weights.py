@@ -19,16 +19,16 @@ import pytest
 import safetensors.torch
 import torch
 import torchvision.models
-
-import models
-from export.onnx import read_metadata
-from export.pipeline import ExportError, export_model
-from export.weights import (
+from cnnserve.export.onnx import read_metadata
+from cnnserve.export.pipeline import ExportError, export_model
+from cnnserve.export.weights import (
     WeightsError,
     apply_state_dict,
     load_state_dict_file,
     torchvision_checkpoint_path,
 )
+
+from cnnserve import models
 
 
 @pytest.fixture(autouse=True)

@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cnnserve.export.yolo  # noqa: F401  (registers the "yolo" export until export/wrappers.py lists it)
+import cnnserve.models.yolo  # noqa: F401  (registers the YOLO names until models/registry.py lists the family)
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from safetensors.torch import load_file
-
-import export.yolo  # noqa: F401  (registers the "yolo" export until export/wrappers.py lists it)
-import models
-import models.yolo  # noqa: F401  (registers the YOLO names until models/registry.py lists the family)
-from cnnserve.demos.shapes import HELD_OUT_SEED, make_dataset
-from cnnserve.demos.yolo_shapes import (
+from cnnserve.export import export_model
+from cnnserve.export.demos.shapes import HELD_OUT_SEED, make_dataset
+from cnnserve.export.demos.yolo_shapes import (
     EVAL_IMAGES,
     MODEL,
     average_precision,
@@ -25,10 +23,12 @@ from cnnserve.demos.yolo_shapes import (
     shapes_batch,
     train_yolo_shapes,
 )
-from export import export_model
-from export.weights import DEMO_WEIGHTS_DIR
-from export.yolo import YoloExport
-from models.yolo import decode, encode_targets, yolo_loss
+from cnnserve.export.weights import DEMO_WEIGHTS_DIR
+from cnnserve.export.yolo import YoloExport
+from cnnserve.models.yolo import decode, encode_targets, yolo_loss
+from safetensors.torch import load_file
+
+from cnnserve import models
 
 S, B, C = 8, 2, 3
 SIZE = (128, 128)

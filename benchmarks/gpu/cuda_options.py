@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
-
-from service.runtime import load_model, with_provider_options
-from service.session_options import SessionConfig, create_session
+from cnnserve.service.runtime import load_model, with_provider_options
+from cnnserve.service.session_options import SessionConfig, create_session
 
 
 def _timed(fn, runs: int) -> float:

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from export import export_model
+from cnnserve.export import export_model
 
 
 def main(out: Path, items: list[str]) -> int:

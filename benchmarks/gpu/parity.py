@@ -26,12 +26,12 @@ def main() -> None:
 
     import onnxruntime as ort
     import torch
+    from cnnserve.service.imaging import Preprocess, preprocess_uint8, to_unit_float
+    from cnnserve.service.runtime import read_metadata, with_provider_options
+    from cnnserve.service.store import find_entry
     from skimage import data
 
-    import models
-    from service.imaging import Preprocess, preprocess_uint8, to_unit_float
-    from service.runtime import read_metadata, with_provider_options
-    from service.store import find_entry
+    from cnnserve import models
 
     entry = find_entry(args.tag)
     providers = with_provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"], tf32=False)

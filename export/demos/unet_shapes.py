@@ -37,15 +37,15 @@ BATCH = 16
 
 
 def _spec():
-    import models.unet  # noqa: F401  (registers "unet" whether or not the registry lists the family yet)
-    from models import get_spec
+    import cnnserve.models.unet  # noqa: F401  (registers "unet" whether or not the registry lists the family yet)
+    from cnnserve.models import get_spec
 
     return get_spec("unet")
 
 
 def shapes_batch(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` scenes as the service would feed them: images float32 (N, 3, 128, 128) in [0, 1], masks int64."""
-    from service.imaging import Preprocess, preprocess
+    from cnnserve.service.imaging import Preprocess, preprocess
 
     pre = Preprocess.from_spec(_spec().to_json_dict())
     samples = make_dataset(n, seed=seed, size=pre.input_size)
@@ -132,9 +132,8 @@ def train_unet_shapes(
     """
     import torch
     import torch.nn.functional as F
+    from cnnserve.models import build_model
     from safetensors.torch import save_file
-
-    from models import build_model
 
     start = time.perf_counter()
     torch.manual_seed(seed)

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .bench import _free_port, _start, _stop  # the suite's server helpers, shared
 from .loadtest import client_ceiling, run_load
+from .suite import _free_port, _start, _stop  # the suite's server helpers, shared
 
 __all__ = ["serve_benchmark", "test_image"]
 
@@ -55,8 +55,7 @@ def raw_onnxruntime(path: Path, batches: tuple[int, ...], seconds: float = 2.0) 
     """Images/s of the bare session at each batch size: numpy in/out, and on CUDA also io-binding with the input
     already on the device (the ceiling a server could approach)."""
     import onnxruntime as ort
-
-    from service.runtime import select_providers, with_provider_options
+    from cnnserve.service.runtime import select_providers, with_provider_options
 
     providers = select_providers([], ort.get_available_providers())
     session = ort.InferenceSession(str(path), providers=with_provider_options(providers))
@@ -212,7 +211,7 @@ def serve_benchmark(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Everything above in one run; ``model`` is a store tag (``resnet50-fp16-u8``)."""
-    from service.store import find_entry
+    from cnnserve.service.store import find_entry
 
     entry = find_entry(model)
     if entry.path is None:

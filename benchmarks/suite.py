@@ -99,8 +99,7 @@ def _row(runtime: str, batch: int, times: list[float], **extra: Any) -> dict[str
 
 def _ort_session(path: Path, threads: int):
     import onnxruntime as ort
-
-    from service.session_options import SessionConfig
+    from cnnserve.service.session_options import SessionConfig
 
     options = SessionConfig(intra_op_threads=threads).options()
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -127,12 +126,11 @@ def bench_model(
     The exported files are kept in ``files_dir`` (``NAME-PRECISION.onnx``) when given."""
     import onnxruntime as ort
     import torch
-
-    from export import export_model
-    from export.parity import parity_batch
-    from export.wrappers import wrap_for_export
-    from models import build_model, get_spec
-    from service.session_options import available_cores
+    from cnnserve.export import export_model
+    from cnnserve.export.parity import parity_batch
+    from cnnserve.export.wrappers import wrap_for_export
+    from cnnserve.models import build_model, get_spec
+    from cnnserve.service.session_options import available_cores
 
     spec = get_spec(name)
     threads = threads or available_cores()
@@ -198,7 +196,7 @@ def _format_row(name: str, row: dict[str, Any]) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    from service.session_options import available_cores
+    from cnnserve.service.session_options import available_cores
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -298,8 +296,7 @@ def _photo_jpeg() -> bytes:
 def _prepost_ms(spec: dict, data: bytes, repeats: int = 30) -> float:
     """Median ms of what the service does around the model for one upload: decode, resize/crop, top-k."""
     import numpy as np
-
-    from service.imaging import Preprocess, decode_image, preprocess
+    from cnnserve.service.imaging import Preprocess, decode_image, preprocess
 
     pre = Preprocess.from_spec(spec)
     probs = np.random.default_rng(0).random(1000, dtype=np.float32)
@@ -392,8 +389,7 @@ def run_suite(
     """Run the benchmark; writes ``results.json``, ``RESULTS.md`` and the PNG plots into ``output_dir``."""
     import onnxruntime as ort
     import torch
-
-    from models import get_spec
+    from cnnserve.models import get_spec
 
     output_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
@@ -436,7 +432,7 @@ def _suite_parts(
     parts: tuple[str, ...],
     log: Callable[[str], None],
 ) -> None:
-    from export import export_model
+    from cnnserve.export import export_model
 
     if "families" in parts:
         log("== classifier families, batch 1: onnxruntime fp32 vs PyTorch eager")

@@ -55,8 +55,8 @@ def digits_split() -> DigitsSplit:
 
 
 def _to_batch(images: np.ndarray) -> np.ndarray:
-    from models import get_spec
-    from service.imaging import Preprocess, preprocess
+    from cnnserve.models import get_spec
+    from cnnserve.service.imaging import Preprocess, preprocess
 
     pre = Preprocess.from_spec(get_spec("lenet5").to_json_dict())
     return np.stack([preprocess(digit_image(img), pre) for img in images])
@@ -66,9 +66,8 @@ def train_lenet5_digits(output_dir: Path, *, epochs: int = 30, seed: int = SEED,
     """Train LeNet-5 reproducibly on 2 CPU cores (well under a minute); write safetensors + a JSON record."""
     import torch
     import torch.nn.functional as F
+    from cnnserve.models import build_model
     from safetensors.torch import save_file
-
-    from models import build_model
 
     start = time.perf_counter()
     torch.manual_seed(seed)

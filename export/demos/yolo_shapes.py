@@ -106,15 +106,15 @@ def mean_average_precision(
 
 
 def _spec():
-    import models.yolo  # noqa: F401  (registers the YOLO names, whether or not the registry has loaded them yet)
-    from models import get_spec
+    import cnnserve.models.yolo  # noqa: F401  (registers the YOLO names, whether or not the registry has loaded them yet)
+    from cnnserve.models import get_spec
 
     return get_spec(MODEL)
 
 
 def shapes_batch(samples: Sequence[ShapesSample]) -> np.ndarray:
     """Scenes → the model's input batch (N, 3, H, W) float32 in [0, 1], through the service's pre-processing."""
-    from service.imaging import Preprocess, preprocess
+    from cnnserve.service.imaging import Preprocess, preprocess
 
     pre = Preprocess.from_spec(_spec().to_json_dict())
     return np.stack([preprocess(Image.fromarray(s.image), pre) for s in samples])
@@ -132,8 +132,7 @@ def _scaled_truth(samples: Sequence[ShapesSample], input_size: tuple[int, int]) 
 def evaluate(model, samples: Sequence[ShapesSample], *, batch_size: int = 64) -> dict:
     """mAP@0.5 of a ``yolov1_shapes`` network on ``samples``, through the export wrapper's decode + NMS."""
     import torch
-
-    from export.yolo import YoloExport
+    from cnnserve.export.yolo import YoloExport
 
     spec = _spec()
     wrapped = YoloExport(model, spec).eval()
@@ -182,10 +181,9 @@ def train_yolo_shapes(
 ) -> dict:
     """Train ``yolov1_shapes`` reproducibly on 2 CPU cores (a few minutes); write safetensors + a JSON record."""
     import torch
+    from cnnserve.models import build_model
+    from cnnserve.models.yolo import encode_targets, yolo_loss
     from safetensors.torch import save_file
-
-    from models import build_model
-    from models.yolo import encode_targets, yolo_loss
 
     start = time.perf_counter()
     torch.manual_seed(seed)

@@ -48,15 +48,15 @@ BATCH = 64
 
 
 def _spec():
-    import models.cae  # noqa: F401  (registers "cae" whether or not the registry lists the family yet)
-    from models import get_spec
+    import cnnserve.models.cae  # noqa: F401  (registers "cae" whether or not the registry lists the family yet)
+    from cnnserve.models import get_spec
 
     return get_spec("cae")
 
 
 def digits_batch(images: np.ndarray) -> np.ndarray:
     """8×8 uint8 digits → float32 (N, 1, 32, 32) in [0, 1], exactly as the service pre-processes an upload."""
-    from service.imaging import Preprocess, preprocess
+    from cnnserve.service.imaging import Preprocess, preprocess
 
     pre = Preprocess.from_spec(_spec().to_json_dict())
     return np.stack([preprocess(digit_image(img), pre) for img in images])
@@ -146,9 +146,8 @@ def train_cae_digits(
     """Train the ``cae`` demo reproducibly on 2 CPU cores; write ``cae.safetensors`` + ``cae.json``."""
     import torch
     import torch.nn.functional as F
+    from cnnserve.models import build_model
     from safetensors.torch import save_file
-
-    from models import build_model
 
     start = time.perf_counter()
     torch.manual_seed(seed)

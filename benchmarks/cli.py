@@ -1,0 +1,214 @@
+"""``cnnserve bench``: the benchmark commands (suite, http, serve, runtime), kept with the benchmarks outside the
+product package; ``cnnserve.cli`` adds them when it runs from a source checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .suite import FAMILIES
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+bench_app = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    help="Benchmarks. With no subcommand: the whole suite (runtime, served endpoint, peer) → benchmarks/RESULTS.md.",
+)
+
+
+def _csv_ints(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="the main model (registered name; with --http: a served model)")] = (
+        "resnet50"
+    ),
+    families: Annotated[
+        str, typer.Option(help="classifier family members timed at batch 1 (comma-separated; '' to skip)")
+    ] = ",".join(FAMILIES),
+    batches: Annotated[str, typer.Option(help="batch sizes for the main model")] = "1,8,32",
+    clients: Annotated[str, typer.Option(help="concurrent HTTP clients")] = "1,4,16,32",
+    duration: Annotated[float, typer.Option(min=0.1, help="seconds of load per concurrency level")] = 15.0,
+    repeats: Annotated[int, typer.Option(min=1, help="timed runs per batch size")] = 10,
+    parts: Annotated[
+        str, typer.Option(help="which parts: families,runtime,served,peer")
+    ] = "families,runtime,served,peer",
+    output_dir: Annotated[Path, typer.Option(help="where RESULTS.md, results.json and the plots go")] = Path(
+        "benchmarks"
+    ),
+    http: Annotated[str | None, typer.Option(help="load-test a running service at this URL (= bench http)")] = None,
+    image: Annotated[Path | None, typer.Option(help="--http: the image to send (default: a digit)")] = None,
+    route: Annotated[str, typer.Option(help="--http: endpoint")] = "/classify",
+    concurrency: Annotated[int, typer.Option(min=1, help="--http: concurrent clients")] = 8,
+    expect: Annotated[str | None, typer.Option(help="--http: count answers whose top label differs as errors")] = None,
+    output: Annotated[Path | None, typer.Option(help="--http: JSON results file")] = None,
+) -> None:
+    """The benchmark suite: onnxruntime fp32/int8 vs PyTorch eager (batch sizes, every classifier family), the
+    served endpoint and a FastAPI + PyTorch peer under concurrent clients; targets as measured ratios."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if http:
+        _http_load(http, model, image, route, concurrency, duration, expect, output or Path("bench-results/load.json"))
+        return
+    from .suite import run_suite
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = set(chosen) - {"families", "runtime", "served", "peer"}
+    if unknown:
+        raise _fail(f"unknown part(s) {', '.join(sorted(unknown))}; choose from families, runtime, served, peer")
+    try:
+        run_suite(
+            model=model,
+            families=tuple(f.strip() for f in families.split(",") if f.strip()),
+            batch_sizes=_csv_ints(batches),
+            clients=_csv_ints(clients),
+            duration=duration,
+            repeats=repeats,
+            output_dir=output_dir,
+            parts=chosen,
+            log=typer.echo,
+        )
+    except KeyError as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+    typer.echo(f"results written to {output_dir / 'RESULTS.md'} and {output_dir / 'results.json'}")
+
+
+def _http_load(
+    url: str,
+    model: str,
+    image: Path | None,
+    route: str,
+    concurrency: int,
+    duration: float,
+    expect: str | None,
+    output: Path,
+) -> None:
+    from .loadtest import run_load
+
+    if image is None:
+        from cnnserve.export.demos.digits import digit_png, digits_split
+
+        split = digits_split()
+        data, expect = digit_png(split.test_images[0]), expect or str(split.test_labels[0])
+    else:
+        data = image.read_bytes()
+    result = run_load(
+        url,
+        image=data,
+        route=route,
+        fields={"model": model} if model else {},
+        concurrency=concurrency,
+        duration=duration,
+        expect=expect,
+        output=output,
+        log=typer.echo,
+    )
+    typer.echo(f"results written to {output}")
+    if result["requests"] == 0:
+        raise _fail(f"no request reached {url}")
+
+
+@bench_app.command("http")
+def bench_http(
+    url: Annotated[str, typer.Argument(help="base URL of a running service")],
+    model: Annotated[str, typer.Option(help="served model")] = "lenet5",
+    image: Annotated[Path | None, typer.Option(help="the image to send (default: a digit)")] = None,
+    route: Annotated[str, typer.Option(help="endpoint")] = "/classify",
+    concurrency: Annotated[int, typer.Option(min=1, help="concurrent clients")] = 8,
+    duration: Annotated[float, typer.Option(min=0.1, help="seconds")] = 10.0,
+    expect: Annotated[str | None, typer.Option(help="count answers whose top label differs as errors")] = None,
+    output: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/load.json"),
+) -> None:
+    """Closed-loop HTTP load against a running service: requests/s, p50/p95/p99, errors."""
+    _http_load(url, model, image, route, concurrency, duration, expect, output)
+
+
+def _csv_floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: Annotated[str, typer.Option(help="store tag to serve, e.g. resnet50-fp16-u8 (export it first)")] = (
+        "resnet50"
+    ),
+    clients: Annotated[str, typer.Option(help="concurrent clients for cnnserve")] = "1,16,64,256",
+    peer_clients: Annotated[str, typer.Option(help="concurrent clients for the peers")] = "1,64",
+    duration: Annotated[float, typer.Option(min=0.5, help="seconds of load per level")] = 8.0,
+    api_workers: Annotated[str, typer.Option(help="API-worker counts to try (0 = auto)")] = "0",
+    jpeg_draft: Annotated[str, typer.Option(help="CNNSERVE_JPEG_DRAFT values to try")] = "1.0",
+    peers: Annotated[str, typer.Option(help="peers to start: torch,bentoml ('' for none)")] = "torch,bentoml",
+    peer_workers: Annotated[int, typer.Option(min=1, help="workers of the plain BentoML peer")] = 4,
+    raw_batches: Annotated[str, typer.Option(help="batch sizes for raw onnxruntime")] = "1,8,64,256",
+    client_processes: Annotated[int, typer.Option(min=0, help="load-generator processes (0 = auto)")] = 0,
+    output: Annotated[Path, typer.Option(help="results JSON (summary.md next to it)")] = Path(
+        "benchmarks/gpu/results.json"
+    ),
+) -> None:
+    """The served model under heavy load (1…256 clients, 640×480 JPEGs) against the peers it starts itself, with
+    raw onnxruntime, the load generator's own ceiling, and a profile of what is busy; made for the GPU machine."""
+    from .serve import serve_benchmark
+
+    try:
+        serve_benchmark(
+            model=model,
+            levels=_csv_ints(clients),
+            peer_levels=_csv_ints(peer_clients),
+            duration=duration,
+            api_workers=_csv_ints(api_workers),
+            jpeg_draft=_csv_floats(jpeg_draft),
+            peers=tuple(p for p in peers.split(",") if p.strip()),
+            peer_workers=peer_workers,
+            raw_batches=_csv_ints(raw_batches),
+            client_processes=client_processes,
+            output=output,
+            log=typer.echo,
+        )
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"results written to {output}")
+
+
+@bench_app.command("runtime")
+def bench_runtime(
+    model: Annotated[str, typer.Option(help="registered model name")] = "resnet50",
+    batch: Annotated[list[int], typer.Option(help="batch sizes (repeat the option)")] = [1, 8],  # noqa: B006
+    precision: Annotated[list[str], typer.Option(help="onnxruntime precisions (repeat): fp32, int8, fp16")] = [  # noqa: B006
+        "fp32"
+    ],
+    repeats: Annotated[int, typer.Option(min=1)] = 20,
+    threads: Annotated[int, typer.Option(help="intra-op threads for both runtimes (0 = the usable cores)")] = 0,
+    output: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/bench.json"),
+) -> None:
+    """One model in-process: onnxruntime (CPU) vs PyTorch eager per batch size; results to JSON."""
+    from .suite import bench_model
+
+    try:
+        bench_model(
+            model,
+            batch_sizes=tuple(batch),
+            repeats=repeats,
+            threads=threads,
+            precisions=tuple(precision),
+            output=output,
+            log=typer.echo,
+        )
+    except KeyError as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+    typer.echo(f"results written to {output}")
