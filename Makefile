@@ -41,9 +41,15 @@ browser-deps:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
 	fi
 
+# Layers and cycles (import-linter, contracts in pyproject.toml), checked on the package laid out as the wheel
+# installs it: models/, export/ and service/ inside cnnserve/.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	rm -rf build/layers && mkdir -p build/layers/cnnserve
+	cp -r cnnserve/. build/layers/cnnserve/ && for p in models export service; do cp -r $$p build/layers/cnnserve/$$p; done
+	rm -f build/layers/cnnserve/__init__.py && cp cnnserve/__init__.py build/layers/cnnserve/__init__.py
+	cd build/layers && ../../$(BIN)/lint-imports ../../pyproject.toml --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -55,7 +55,7 @@ def raw_onnxruntime(path: Path, batches: tuple[int, ...], seconds: float = 2.0) 
     """Images/s of the bare session at each batch size: numpy in/out, and on CUDA also io-binding with the input
     already on the device (the ceiling a server could approach)."""
     import onnxruntime as ort
-    from cnnserve.service.runtime import select_providers, with_provider_options
+    from cnnserve.service.runtime.sessions import select_providers, with_provider_options
 
     providers = select_providers([], ort.get_available_providers())
     session = ort.InferenceSession(str(path), providers=with_provider_options(providers))

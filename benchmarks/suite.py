@@ -99,7 +99,7 @@ def _row(runtime: str, batch: int, times: list[float], **extra: Any) -> dict[str
 
 def _ort_session(path: Path, threads: int):
     import onnxruntime as ort
-    from cnnserve.service.session_options import SessionConfig
+    from cnnserve.service.runtime.sessions import SessionConfig
 
     options = SessionConfig(intra_op_threads=threads).options()
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -130,7 +130,7 @@ def bench_model(
     from cnnserve.export.parity import parity_batch
     from cnnserve.export.wrappers import wrap_for_export
     from cnnserve.models import build_model, get_spec
-    from cnnserve.service.session_options import available_cores
+    from cnnserve.service.runtime.sessions import available_cores
 
     spec = get_spec(name)
     threads = threads or available_cores()
@@ -196,7 +196,7 @@ def _format_row(name: str, row: dict[str, Any]) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    from cnnserve.service.session_options import available_cores
+    from cnnserve.service.runtime.sessions import available_cores
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -296,9 +296,10 @@ def _photo_jpeg() -> bytes:
 def _prepost_ms(spec: dict, data: bytes, repeats: int = 30) -> float:
     """Median ms of what the service does around the model for one upload: decode, resize/crop, top-k."""
     import numpy as np
-    from cnnserve.service.imaging import Preprocess, decode_image, preprocess
+    from cnnserve.service.contract import ModelContract
+    from cnnserve.service.imaging import decode_image, preprocess
 
-    pre = Preprocess.from_spec(spec)
+    pre = ModelContract.model_validate(spec).preprocess
     probs = np.random.default_rng(0).random(1000, dtype=np.float32)
 
     def once() -> None:

@@ -281,34 +281,25 @@ def tune(
         raise _fail(getattr(exc, "message", str(exc))) from None
 
 
-def _add_bench() -> None:
-    """``cnnserve bench`` lives with the benchmarks in the source checkout (``benchmarks/``), outside the product
-    package; an installed wheel has no benchmarks and says so."""
-    import importlib.util
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks (suite, serve, serving-cpu, http, runtime): `cnnserve bench --help` lists them.
 
-    folder = Path(__file__).resolve().parent.parent / "benchmarks"
-    if (folder / "cli.py").is_file():
-        if "benchmarks" not in sys.modules:
-            spec = importlib.util.spec_from_file_location(
-                "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)]
-            )
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["benchmarks"] = module
-            spec.loader.exec_module(module)
-        from benchmarks.cli import bench_app
+    They live with the source checkout (``benchmarks/``), outside the product package, and run as their own
+    program (``python -m benchmarks``), the way ``git foo`` runs ``git-foo``: the package never imports them."""
+    import os
+    import subprocess
 
-        app.add_typer(bench_app, name="bench")
-        return
-
-    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def bench() -> None:
-        """Benchmarks (in the source checkout only: git clone the project, then make bench)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
         raise _fail(
-            "the benchmarks ship with the source checkout, not the package: clone the repository and run it there"
+            "the benchmarks ship with the source checkout, not the package: clone the repository, run them there"
         )
-
-
-_add_bench()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "benchmarks", *ctx.args], env=env))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``cnnserve score --engine ray``: the batch scorer's chain as Ray Data ``map_batches`` over a pool of actors.
 
-Each actor holds one :class:`cnnserve.score.Scorer` — one onnxruntime session — built once, and turns a batch of
+Each actor holds one :class:`cnnserve.scorer.Scorer` — one onnxruntime session — built once, and turns a batch of
 paths into records with exactly the code the local engine and the HTTP service run (decode → pre-process → ONNX →
 answer). The ONNX file travels through Ray's object store (put once by the driver), so worker nodes need cnnserve
 installed but not the driver's model store; the images (and the folder the PNG answers go to) must be at the same
@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .score import Scorer, ScorerConfig
+from .scorer import Scorer, ScorerConfig
 
 __all__ = ["ScoreActor", "ray_chunks"]
 

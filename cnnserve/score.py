@@ -18,27 +18,19 @@ way for both. Inputs are files, folders, globs, or CSV / Parquet manifests with 
 
 from __future__ import annotations
 
-import base64
 import csv
 import glob
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from cnnserve.service.answers import AnswerOptions, answer_for, denoised_image
-from cnnserve.service.codecs import png_bytes
-from cnnserve.service.errors import ServeError
-from cnnserve.service.imaging import decode_image, preprocess
-from cnnserve.service.runtime import LoadedModel, load_model, select_providers
 from cnnserve.service.store import resolve_model_file
+
+from .scorer import Scorer, ScorerConfig
 
 __all__ = [
     "ENGINES",
@@ -118,118 +110,9 @@ def already_scored(output: Path) -> set[str]:
     return done
 
 
-def _same_shape_groups(tensors: list[np.ndarray]) -> list[list[int]]:
-    """Indices of tensors that can share one batch (models with dynamic input sizes get varied shapes)."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, tensor in enumerate(tensors):
-        groups.setdefault(tensor.shape, []).append(i)
-    return list(groups.values())
-
-
-_PNG_FIELDS = ("mask", "overlay", "heatmap")
-
-
-def _write_png(data: bytes, files: Path, source: str, kind: str) -> str:
-    files.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
-    target = files / f"{Path(source).stem}-{digest}.{kind}.png"
-    target.write_bytes(data)
-    return str(target)
-
-
-def _answer(
-    model: LoadedModel,
-    outputs: dict[str, np.ndarray],
-    upload: Image.Image,
-    tensor: np.ndarray,
-    options: AnswerOptions,
-    files: Path,
-    source: str,
-) -> dict:
-    """The HTTP answer for one image, with every PNG written to a file and referenced by its path."""
-    if model.task == "autoencoder":  # both of its answers: the anomaly score and the denoised image
-        answer = answer_for(model, outputs, upload=upload, tensor=tensor, route="/anomaly", options=options)
-        answer["denoised"] = _write_png(
-            png_bytes(denoised_image(outputs["reconstruction"], upload)), files, source, "denoised"
-        )
-    else:
-        answer = answer_for(model, outputs, upload=upload, tensor=tensor, options=options)
-    holders = [("", answer)] + [(f"instance{i}.", inst) for i, inst in enumerate(answer.get("instances", []))]
-    for prefix, holder in holders:
-        for field in _PNG_FIELDS:
-            if field in holder:
-                holder[field] = _write_png(base64.b64decode(holder[field]), files, source, prefix + field)
-    return answer
-
-
 def _batches(paths: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(paths), size):
         yield paths[i : i + size]
-
-
-@dataclass(frozen=True)
-class ScorerConfig:
-    """Everything a :class:`Scorer` needs, picklable, so a worker process or a Ray actor can build its own."""
-
-    name: str
-    model_path: str
-    files: str  # folder for PNG answers (masks, images), beside the output
-    providers: tuple[str, ...] = ()
-    top_k: int = 5
-    overlay: bool = False
-    heatmap: bool = False
-    max_pixels: int = 50_000_000
-    processes: int = 1  # scorers running side by side on one machine: each session takes its share of the cores
-    threads: int = 0  # onnxruntime intra-op threads per session; 0 = the share above
-
-
-class Scorer:
-    """One onnxruntime session and the answer options: a list of image paths → one record per path, in order.
-
-    A record is ``{"path", …the HTTP answer…}`` or ``{"path", "error"}`` for a file that cannot be read. Images of
-    one shape share one ``run`` (models with dynamic input sizes get several groups)."""
-
-    def __init__(self, config: ScorerConfig) -> None:
-        import onnxruntime as ort
-
-        from cnnserve.service.session_options import SessionConfig
-        from cnnserve.service.settings import get_settings
-
-        self.config = config
-        session = replace(SessionConfig.from_settings(get_settings()), processes=config.processes)
-        self.model: LoadedModel = load_model(
-            config.name,
-            Path(config.model_path),
-            providers=select_providers(list(config.providers), ort.get_available_providers()),
-            intra_op_threads=config.threads,
-            warm_up=False,
-            session_config=session,
-        )
-        self.model.require_ready()
-        self.options = AnswerOptions(top_k=config.top_k, overlay=config.overlay, heatmap=config.heatmap)
-        self.files = Path(config.files)
-
-    def score(self, paths: list[str]) -> list[dict]:
-        model, pre = self.model, self.model.preprocess
-        records: dict[str, dict] = {}
-        tensors, uploads, ok = [], [], []
-        for p in paths:
-            try:
-                with open(p, "rb") as f:
-                    img = decode_image(f.read(), max_pixels=self.config.max_pixels)
-                tensors.append(preprocess(img, pre))
-                uploads.append(img)
-                ok.append(p)
-            except (ServeError, OSError) as exc:
-                message = exc.message if isinstance(exc, ServeError) else f"cannot read file: {exc.strerror or exc}"
-                records[p] = {"path": p, "error": message}
-        for indices in _same_shape_groups(tensors):
-            outputs = model.run(np.stack([tensors[i] for i in indices]))
-            for row, i in enumerate(indices):
-                one = {k: v[row] for k, v in outputs.items()}
-                answer = _answer(model, one, uploads[i], tensors[i], self.options, self.files, ok[i])
-                records[ok[i]] = {"path": ok[i], **answer}
-        return [records[p] for p in paths]
 
 
 # --- where the records go ------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ The service reads what this writes (``~/.cache/cnnserve/batching.json``, or ``CN
 time it loads the same file on the same device with the same threads; see ``service/batch_tuning.py`` for the
 rule. Run it where the service runs (same machine, same ``CNNSERVE_*`` settings), with nothing else busy: the
 curve is only as good as the quiet it was measured in. ``--defaults FILE`` also merges the curves into a family
-defaults file (how ``service/batching_defaults.json`` was made).
+defaults file (how ``service/runtime/batching_defaults.json`` was made).
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def tune(
     returns one record per model: the stored curve plus the limit chosen from it."""
     import onnxruntime as ort
 
-    from cnnserve.service.batch_tuning import ProfileStore, curve_of, limit_from_curve, tune_model
-    from cnnserve.service.runtime import load_model, select_providers
+    from cnnserve.service.runtime.model import load_model
+    from cnnserve.service.runtime.policy import ProfileStore, curve_of, limit_from_curve
+    from cnnserve.service.runtime.sessions import select_providers
+    from cnnserve.service.runtime.tuning import tune_model
     from cnnserve.service.settings import get_settings
     from cnnserve.service.store import list_entries, resolve_model_file
 
@@ -53,13 +55,12 @@ def tune(
             path,
             providers=providers,
             intra_op_threads=settings.intra_op_threads,
-            warm_up=False,
             device_id=settings.device_id,
             io_binding=settings.io_binding,
             strict_providers=True,  # a curve measured on a CPU fallback would be filed under the wrong device
         )
-        model.require_ready()
-        log(f"== {name} ({model.precision}, {model.providers[0]})")
+        contract = model.contract  # a file that does not load: its reason, as an error
+        log(f"== {name} ({contract.precision}, {model.info.providers[0]})")
         entry = tune_model(model, settings, profiles=store, log=log)
         limit = limit_from_curve(
             curve_of(entry),
@@ -83,7 +84,7 @@ def tune(
 
 def _merge_defaults(path: Path, records: list[dict[str, Any]]) -> None:
     """Family defaults are keyed by (registered model, precision, provider); a file's hash means nothing there."""
-    from cnnserve.service.batch_tuning import dump_entries
+    from cnnserve.service.runtime.policy import dump_entries
 
     try:
         data = json.loads(path.read_text())

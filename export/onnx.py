@@ -15,8 +15,10 @@ from typing import Any
 import onnx
 import torch
 import torch.nn as nn
+from cnnserve.models import ModelSpec
+from cnnserve.service.contract import ModelContract
 
-__all__ = ["INPUT_NAME", "export_onnx", "write_metadata", "read_metadata"]
+__all__ = ["INPUT_NAME", "contract_for", "export_onnx", "read_contract", "read_metadata", "write_metadata"]
 
 logger = logging.getLogger("cnnserve.export")
 
@@ -83,3 +85,15 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if "cnnserve.spec" in props:
         props["cnnserve.spec"] = json.loads(props["cnnserve.spec"])
     return props
+
+
+def read_contract(path: Path) -> ModelContract:
+    """The typed contract a file carries (what the service parses when it loads the file)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def contract_for(spec: ModelSpec, **fields: Any) -> ModelContract:
+    """The contract a registered model's export of ``spec`` will carry (``fields``: what export adds — weights'
+    source, precision, parity…); the demos use it to pre-process exactly as the service will."""
+    return ModelContract.model_validate({**spec.to_json_dict(), **fields})

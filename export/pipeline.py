@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 from cnnserve.models import ModelSpec
+from cnnserve.service.contract import ModelContract, Quality
 
 from cnnserve import models
 
-from .onnx import INPUT_NAME, export_onnx, write_metadata
+from .onnx import INPUT_NAME, contract_for, export_onnx, write_metadata
 from .parity import PARITY_TOLERANCE, measure_parity, parity_batch
 from .precision import INPUT_DTYPES, PRECISIONS, add_uint8_input, convert_fp16, quantize_int8
 from .store import save_to_store
@@ -70,9 +71,9 @@ def store_tag(name: str, precision: str, input_dtype: str = "float32") -> str:
     return f"{tag}-u8" if input_dtype == "uint8" else tag
 
 
-def _load_weights(model: torch.nn.Module, spec: ModelSpec, weights: str) -> tuple[ModelSpec, str, dict[str, str]]:
+def _load_weights(model: torch.nn.Module, spec: ModelSpec, weights: str) -> tuple[ModelSpec, str, dict[str, object]]:
     """Load ``weights`` into ``model``; returns the spec to record (torchvision weights bring their transforms),
-    the source string, and extra metadata the weights carry (a demo's calibrated anomaly threshold)."""
+    the source string, and contract fields the weights carry (a demo's calibrated anomaly ``threshold``)."""
     if weights == "random":
         return spec, "random", {}
     if weights == "torchvision":
@@ -82,8 +83,7 @@ def _load_weights(model: torch.nn.Module, spec: ModelSpec, weights: str) -> tupl
     if weights == "demo":
         state, record = load_demo(spec)
         apply_state_dict(model, spec, state)
-        extra = {f"cnnserve.{k}": str(v) for k, v in record.get("onnx_metadata", {}).items()}
-        return spec, f"demo:{record.get('dataset', 'unknown')}", extra
+        return spec, f"demo:{record.get('dataset', 'unknown')}", dict(record.get("onnx_metadata", {}))
     state, source = load_state_dict_file(Path(weights))
     apply_state_dict(model, spec, state)
     return spec, source, {}
@@ -131,7 +131,7 @@ def export_model(
 
     torch.manual_seed(seed)  # "random" weights are reproducible
     model = models.build_model(name, **overrides).eval()
-    spec, source, extra_metadata = _load_weights(model, spec, weights)
+    spec, source, carried = _load_weights(model, spec, weights)
     task = export_for(spec)
     wrapped = task.wrapper(model, spec).eval()
 
@@ -156,33 +156,30 @@ def export_model(
             raise ExportError(
                 f"{name}: ONNX output differs from PyTorch by {parity:.3g} (> {tolerance}); file not saved"
             )
-        spec_json = {
-            **spec.to_json_dict(),
-            "weights": source,
-            "precision": precision,
-            "input_dtype": input_dtype,
-            "dynamic_hw": task.dynamic_hw,
-            "size_multiple": task.size_multiple,
-            "extra_inputs": task.extra_inputs,  # scalar graph inputs (thresholds) with their defaults
-        }
-        metadata = {
-            "cnnserve.spec": json.dumps(spec_json),
-            "cnnserve.parity": f"{parity:.6g}",
-            "cnnserve.precision": precision,
-            **extra_metadata,
-        }
+        contract = contract_for(
+            spec,
+            **carried,
+            weights=source,
+            precision=precision,
+            input_dtype=input_dtype,
+            dynamic_hw=task.dynamic_hw,
+            size_multiple=task.size_multiple,
+            extra_inputs=task.extra_inputs,  # scalar graph inputs (thresholds) with their defaults
+            parity=parity,
+        )
         quality = None
         if variant:
-            _make_variant(fp32_path, path, spec_json, precision, input_dtype, calibration, task.extra_inputs)
+            _make_variant(fp32_path, path, contract, precision, input_dtype, calibration, task.extra_inputs)
             from .quality import measure_quality
 
-            quality = measure_quality(spec_json, fp32_path, path).to_json_dict()
-            metadata["cnnserve.quality"] = json.dumps(quality)
+            measured = measure_quality(contract, fp32_path, path)
+            contract = contract.model_copy(update={"quality": Quality.model_validate(measured.to_json_dict())})
+            quality = measured.to_json_dict()
             logger.info("%s %s/%s quality: %s", name, precision, input_dtype, quality)
         pixels = "uint8 0-255" if input_dtype == "uint8" else "float32 [0, 1]"
         write_metadata(
             path,
-            metadata,
+            contract.to_metadata(),
             doc=f"{spec.description} — exported by cnnserve ({precision}); "
             f"input {spec.in_channels}×{spec.input_size}, {pixels}",
         )
@@ -211,7 +208,7 @@ def export_model(
 def _make_variant(
     fp32_path: Path,
     path: Path,
-    spec_json: dict,
+    contract: ModelContract,
     precision: str,
     input_dtype: str,
     calibration: Path | None,
@@ -227,7 +224,7 @@ def _make_variant(
         from .quality import calibration_images
 
         try:
-            images = calibration_images(spec_json, folder=calibration)
+            images = calibration_images(contract, folder=calibration)
         except ValueError as exc:
             raise ExportError(str(exc)) from None
         quantize_int8(fp32_path, path, images, extra_inputs=extra_inputs)

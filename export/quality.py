@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cnnserve.service.contract import ModelContract
 from cnnserve.service.imaging import Preprocess, decode_image, preprocess
+from cnnserve.service.tasks import tasks_serving
 from PIL import Image
 
 __all__ = [
@@ -147,18 +149,20 @@ def _shapes(count: int, seed: int, pre: Preprocess):
     return samples, np.stack([preprocess(Image.fromarray(s.image), pre) for s in samples])
 
 
-def _demo_dataset(spec: dict) -> str | None:
-    weights = str(spec.get("weights", ""))
+def _demo_dataset(contract: ModelContract) -> str | None:
+    weights = contract.weights
     return weights.removeprefix("demo:") if weights.startswith("demo:") else None
 
 
-def calibration_images(spec: dict, *, folder: Path | None = None, limit: int = CALIBRATION_LIMIT) -> list[np.ndarray]:
+def calibration_images(
+    contract: ModelContract, *, folder: Path | None = None, limit: int = CALIBRATION_LIMIT
+) -> list[np.ndarray]:
     """Images [C, H, W] in [0, 1] for int8 calibration: ``folder`` when given, else the demo's training data
     (digits, shapes scenes), else random crops of the ``skimage.data`` photos."""
-    pre = Preprocess.from_spec(spec)
+    pre = contract.preprocess
     if folder is not None:
         return _folder_images(folder, pre, limit)
-    dataset = _demo_dataset(spec)
+    dataset = _demo_dataset(contract)
     if dataset is not None and dataset.startswith("sklearn-digits"):
         from cnnserve.export.demos.digits import digits_split
 
@@ -198,11 +202,11 @@ def _session(path: Path):
 # --- the demos' metrics, through onnxruntime --------------------------------------------------------------------
 
 
-def _digits_accuracy(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
+def _digits_accuracy(contract: ModelContract) -> tuple[str, str, Callable[[Path], float]]:
     from cnnserve.export.demos.digits import digits_split
 
     split = digits_split()
-    images = _digits(split.test_images, Preprocess.from_spec(spec))
+    images = _digits(split.test_images, contract.preprocess)
 
     def accuracy(path: Path) -> float:
         (probs,) = run_onnx(_session(path), images)
@@ -211,11 +215,11 @@ def _digits_accuracy(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
     return "accuracy", f"digits test split ({len(images)})", accuracy
 
 
-def _unet_miou(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
+def _unet_miou(contract: ModelContract) -> tuple[str, str, Callable[[Path], float]]:
     from cnnserve.export.demos.shapes import CLASSES, HELD_OUT_SEED
     from cnnserve.export.demos.unet_shapes import HELD_OUT_SCENES, confusion_matrix, mean_iou
 
-    samples, images = _shapes(HELD_OUT_SCENES, HELD_OUT_SEED, Preprocess.from_spec(spec))
+    samples, images = _shapes(HELD_OUT_SCENES, HELD_OUT_SEED, contract.preprocess)
     masks = np.stack([s.mask.astype(np.int64) for s in samples])
 
     def miou(path: Path) -> float:
@@ -226,7 +230,7 @@ def _unet_miou(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
     return "mean_iou", f"held-out shapes scenes ({len(images)})", miou
 
 
-def _yolo_map(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
+def _yolo_map(contract: ModelContract) -> tuple[str, str, Callable[[Path], float]]:
     from cnnserve.export.demos.shapes import HELD_OUT_SEED
     from cnnserve.export.demos.yolo_shapes import (
         EVAL_IMAGES,
@@ -236,7 +240,7 @@ def _yolo_map(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
         mean_average_precision,
     )
 
-    pre = Preprocess.from_spec(spec)
+    pre = contract.preprocess
     samples, images = _shapes(EVAL_IMAGES, HELD_OUT_SEED, pre)
     truth = _scaled_truth(samples, pre.input_size)
     thresholds = {"score_threshold": EVAL_SCORE_THRESHOLD, "iou_threshold": EVAL_IOU_THRESHOLD}
@@ -244,18 +248,18 @@ def _yolo_map(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
     def map50(path: Path) -> float:
         boxes, scores, labels, counts = (np.concatenate(o) for o in run_onnx(_session(path), images, **thresholds))
         predictions = [(boxes[j, :c], scores[j, :c], labels[j, :c]) for j, c in enumerate(counts)]
-        return mean_average_precision(predictions, truth, classes=range(int(spec["num_classes"])))["map"]
+        return mean_average_precision(predictions, truth, classes=range(contract.classes))["map"]
 
     return "map50", f"held-out shapes scenes ({len(images)})", map50
 
 
-def _cae_auroc(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
+def _cae_auroc(contract: ModelContract) -> tuple[str, str, Callable[[Path], float]]:
     from cnnserve.export.demos.cae_digits import NORMAL_DIGITS
     from cnnserve.export.demos.digits import digits_split
     from sklearn.metrics import roc_auc_score
 
     split = digits_split()
-    pre = Preprocess.from_spec(spec)
+    pre = contract.preprocess
     normal = _digits(split.test_images[np.isin(split.test_labels, NORMAL_DIGITS)], pre)
     anomalies = _digits(
         np.concatenate(
@@ -277,7 +281,7 @@ def _cae_auroc(spec: dict) -> tuple[str, str, Callable[[Path], float]]:
 
 
 # (demo data set, task) → (metric name, data description, metric of an ONNX file), higher is better.
-DEMO_METRICS: dict[tuple[str, str], Callable[[dict], tuple[str, str, Callable[[Path], float]]]] = {
+DEMO_METRICS: dict[tuple[str, str], Callable[[ModelContract], tuple[str, str, Callable[[Path], float]]]] = {
     ("sklearn-digits", "classification"): _digits_accuracy,
     ("synthetic-shapes", "semantic_segmentation"): _unet_miou,
     ("synthetic-shapes", "detection"): _yolo_map,
@@ -290,45 +294,32 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
-def _agreement(spec: dict, fp32: Path, variant: Path) -> Quality:
-    pre = Preprocess.from_spec(spec)
-    images = photo_images(pre)
-    extra = dict(spec.get("extra_inputs", {}))
-    ref, got = (run_onnx(_session(path), images, batch=8, **extra) for path in (fp32, variant))
+def _agreement(contract: ModelContract, fp32: Path, variant: Path) -> Quality:
+    """Any model without a demo metric: the variant's outputs against the fp32 file's on the photos — the first
+    task serving the model that has an agreement measure of its own (classification: top-5 overlap and friends),
+    else the cosine similarity of the first output."""
+    images = photo_images(contract.preprocess)
+    names = [o.name for o in _session(fp32).get_outputs()]
+    ref, got = (run_onnx(_session(path), images, batch=8, **contract.extra_inputs) for path in (fp32, variant))
     data = f"skimage.data photos ({len(images)})"
-    if spec.get("task") == "classification":
-        p, q = np.concatenate(ref[0]), np.concatenate(got[0])
-        k = min(5, p.shape[1])
-        top_p, top_q = np.argsort(-p, axis=1)[:, :k], np.argsort(-q, axis=1)[:, :k]
-        overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_p, top_q, strict=True)]))
-        # log-softmax is the logits minus a per-image constant: centring each row recovers the centred logits.
-        # Classes whose probability underflows float32 in either file carry no logit; they are left out.
-        cosines = []
-        for a, b in zip(p.astype(np.float64), q.astype(np.float64), strict=True):
-            finite = (a > 1e-30) & (b > 1e-30)
-            la, lb = np.log(a[finite]), np.log(b[finite])
-            cosines.append(_cosine(la - la.mean(), lb - lb.mean()))
-        logit_cos = float(np.mean(cosines))
-        return Quality(
-            "top5_overlap",
-            1.0,
-            overlap,
-            data,
-            {
-                "top1_agreement": float(np.mean(top_p[:, 0] == top_q[:, 0])),
-                "probability_cosine": float(np.mean([_cosine(a, b) for a, b in zip(p, q, strict=True)])),
-                "logit_cosine": logit_cos,
-                "max_abs_probability_delta": float(np.max(np.abs(p - q))),
-            },
-        )
+    outputs = [
+        {name: np.concatenate(chunks) if len({c.shape[1:] for c in chunks}) == 1 else chunks[0] for name, chunks in
+         zip(names, run, strict=True)}
+        for run in (ref, got)
+    ]  # fmt: skip
+    for task in tasks_serving(contract.task):
+        measured = task.agreement(*outputs)
+        if measured is not None:
+            metric, value, details = measured
+            return Quality(metric, 1.0, value, data, details)
     flat = [np.concatenate([chunk.ravel() for chunk in out[0]]) for out in (ref, got)]
     return Quality("output_cosine", 1.0, _cosine(*flat), data, {})
 
 
-def measure_quality(spec: dict, fp32: Path, variant: Path) -> Quality:
+def measure_quality(contract: ModelContract, fp32: Path, variant: Path) -> Quality:
     """The variant against its fp32 file: the demo's own metric for demo weights, else agreement on photos."""
-    key = (_demo_dataset(spec) or "", str(spec.get("task")))
+    key = (_demo_dataset(contract) or "", contract.task)
     if key in DEMO_METRICS:
-        metric, data, evaluate = DEMO_METRICS[key](spec)
+        metric, data, evaluate = DEMO_METRICS[key](contract)
         return Quality(metric, evaluate(fp32), evaluate(variant), data, {})
-    return _agreement(spec, fp32, variant)
+    return _agreement(contract, fp32, variant)

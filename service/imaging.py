@@ -42,23 +42,13 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The input contract of one model, as read from its ONNX file's ``cnnserve.spec`` metadata."""
+    """How one model's input is made from an image (a view of its :class:`~service.contract.ModelContract`)."""
 
     input_size: tuple[int, int]
     in_channels: int = 3
     resize_size: int | None = None
     max_size: int | None = None
     interpolation: str = "bilinear"
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> Preprocess:
-        return cls(
-            input_size=(int(spec["input_size"][0]), int(spec["input_size"][1])),
-            in_channels=int(spec.get("in_channels", 3)),
-            resize_size=spec.get("resize_size"),
-            max_size=spec.get("max_size"),
-            interpolation=spec.get("interpolation", "bilinear"),
-        )
 
 
 def draft_request(width: int, height: int, pre: Preprocess, min_ratio: float) -> tuple[int, int] | None:

@@ -6,6 +6,7 @@ Nothing else in the service reads the environment: the service, the batch scorer
 
 from __future__ import annotations
 
+import ctypes
 import os
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -13,7 +14,16 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "cuda_driver_present", "get_settings"]
+
+
+def cuda_driver_present() -> bool:
+    """onnxruntime-gpu lists CUDA as available even on a machine with no GPU; the driver library says the truth."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def _split_csv(value: object) -> object:
@@ -55,7 +65,7 @@ class Settings(BaseSettings):
     ort_cache: bool = True
     ort_cache_dir: str = ""
 
-    # --- the two-tier service (service/service.py) ---
+    # --- the two-tier service (service/app/service.py) ---
     # "two": API workers (decode, validate, resize, answer) in front of one model-tier process that owns the
     # onnxruntime sessions and batches across all API workers; "one": one process does both (no hop between
     # processes: the better choice on a small CPU-only machine). "auto": two when a CUDA driver is present.
@@ -72,6 +82,13 @@ class Settings(BaseSettings):
     api_inflight: int = Field(2, ge=1)
     # CUDA: run through io-binding (inputs copied to the device once, outputs allocated there).
     io_binding: bool = True
+    # The batch shapes a model's sessions run (service/runtime/model.py): "" = auto (CUDA: buckets chosen from the
+    # model's curve; CPU: one session, any batch), "none" = one session of any shape, "1,8,32,128" = these (the
+    # model's batch limit is always the largest).
+    batch_buckets: str = ""
+    # CUDA: capture each bucket session's run as a CUDA graph and replay it (classifiers: models with no scalar
+    # graph inputs).
+    cuda_graph: bool = False
     # CUDA device of the model tier's sessions.
     device_id: int = Field(0, ge=0)
     # How long an API worker waits at start-up for the model tier to have loaded its models.
@@ -91,8 +108,6 @@ class Settings(BaseSettings):
         if self.tiers != "auto":
             return self.tiers == "two"
         if has_cuda_driver is None:
-            from .runtime import cuda_driver_present
-
             has_cuda_driver = cuda_driver_present()
         return has_cuda_driver
 

@@ -14,7 +14,7 @@ from bentoml.exceptions import NotFound
 
 from .errors import ModelNotFound
 
-__all__ = ["StoreEntry", "STORE_LABEL", "find_entry", "list_entries", "resolve_model_file"]
+__all__ = ["StoreEntry", "STORE_LABEL", "find_entry", "list_entries", "resolve_model_file", "served_entries"]
 
 STORE_LABEL = "cnnserve"
 
@@ -68,3 +68,17 @@ def resolve_model_file(tag_or_path: str) -> tuple[str, Path]:
     if entry.path is None:
         raise ModelNotFound(f"store entry {tag_or_path!r} is broken: {entry.error}")
     return entry.name, entry.path
+
+
+def served_entries(tags: list[str]) -> list[StoreEntry]:
+    """The configured tags, or every cnnserve model in the store; an unknown tag becomes a broken entry (logged by
+    the loader, and shown not ready in ``/models``) instead of stopping the others."""
+    if not tags:
+        return list_entries()
+    entries = []
+    for tag in tags:
+        try:
+            entries.append(find_entry(tag))
+        except ModelNotFound as exc:
+            entries.append(StoreEntry(tag, tag.split(":")[0], None, exc.message))
+    return entries

@@ -1,5 +1,5 @@
-"""Batch limits from measured curves (service/batch_tuning.py): the rule, the measuring loop, where a limit comes
-from, and that the service and `cnnserve tune` use them for real."""
+"""Batch policies from measured curves (service/runtime/policy.py): the rule, the measuring loop, where a limit
+comes from, the CUDA buckets, and that the service and `cnnserve tune` use them for real."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cnnserve.service.batch_tuning import (
-    BatchLimit,
+from cnnserve.service.runtime.model import load_model
+from cnnserve.service.runtime.policy import (
+    BatchPolicy,
     ProfileStore,
     choose_batch_limit,
-    limit_for_model,
     load_family_defaults,
     measure_curve,
     profile_entry,
-    resolve_batch_limit,
-    tune_model,
+    resolve_batch_policy,
 )
-from cnnserve.service.runtime import load_model
+from cnnserve.service.runtime.tuning import policy_for_model, tune_model
 from cnnserve.service.settings import Settings
 
 CPU = {"provider": "CPUExecutionProvider", "device": "Test CPU", "threads": 2}
@@ -59,7 +58,7 @@ class _Clock:
 
 
 def test_measuring_stops_at_the_budget_and_on_a_plateau(monkeypatch) -> None:
-    import cnnserve.service.batch_tuning as tuning
+    import cnnserve.service.runtime.policy as tuning
 
     flat = _Clock(lambda b: 0.002 * b)  # 2 ms per image: every batch size has the same throughput
     monkeypatch.setattr(tuning.time, "perf_counter", flat)
@@ -94,9 +93,9 @@ def test_profiles_round_trip_and_a_damaged_file_is_ignored(tmp_path: Path) -> No
     assert store.lookup("abc", CPU) is None
 
 
-def _resolve(tmp_path: Path, **overrides) -> BatchLimit:
+def _resolve(tmp_path: Path, **overrides) -> BatchPolicy:
     args = {
-        "spec": RESNET,
+        **RESNET,
         "precision": "fp32",
         "sha256": "file-hash",
         "identity": CPU,
@@ -111,7 +110,7 @@ def _resolve(tmp_path: Path, **overrides) -> BatchLimit:
             {"family": "resnet", "model": "resnet50", "precision": "fp16", **CUDA, "curve": [[1, 1.0], [64, 6.0]]},
         ],
     }
-    return resolve_batch_limit(**{**args, **overrides})
+    return resolve_batch_policy(**{**args, **overrides})
 
 
 def test_where_a_limit_comes_from(tmp_path: Path) -> None:
@@ -119,9 +118,9 @@ def test_where_a_limit_comes_from(tmp_path: Path) -> None:
     assert (family.source, family.max_batch_size, family.reference) == ("family default", 2, "resnet50 fp32")
     assert family.measured_on == "Test CPU, 2 threads"
     assert _resolve(tmp_path, precision="int8").max_batch_size == 1  # the int8 entry, not the fp32 one
-    assert _resolve(tmp_path, spec={"name": "resnet152", "family": "resnet"}).reference == "resnet50 fp32"
+    assert _resolve(tmp_path, name="resnet152", family="resnet").reference == "resnet50 fp32"
     assert _resolve(tmp_path, identity=CUDA, precision="fp16").max_batch_size == 64
-    built_in = _resolve(tmp_path, spec={"name": "lenet5", "family": "lenet"})
+    built_in = _resolve(tmp_path, name="lenet5", family="lenet")
     assert (built_in.source, built_in.max_batch_size) == ("built-in", 16)
     assert _resolve(tmp_path, identity=CUDA, precision="int8").source == "built-in"  # no CUDA int8/fp32 entry
 
@@ -139,7 +138,8 @@ def test_where_a_limit_comes_from(tmp_path: Path) -> None:
 def test_a_slow_model_is_not_shed_before_a_few_runs(tmp_path: Path) -> None:
     rcnn = _resolve(
         tmp_path,
-        spec={"name": "fasterrcnn_resnet50_fpn", "family": "rcnn"},
+        name="fasterrcnn_resnet50_fpn",
+        family="rcnn",
         family_defaults=[{"family": "rcnn", "model": "x", "precision": "fp32", **CPU, "curve": [[1, 5200.0]]}],
     )
     assert rcnn.max_batch_size == 1 and rcnn.shed_after_ms == 4 * 5200.0
@@ -178,18 +178,18 @@ def lenet_file(tmp_path_factory) -> Path:
 
 def test_tuning_a_real_model_and_the_service_using_it(lenet_file: Path, tmp_path: Path) -> None:
     settings = Settings(tiers="one", batch_profiles=str(tmp_path / "batching.json"))
-    model = load_model("lenet5", lenet_file, providers=["CPUExecutionProvider"], warm_up=False)
-    before = limit_for_model(model, settings)
+    model = load_model("lenet5", lenet_file, providers=["CPUExecutionProvider"])
+    before = policy_for_model(model, settings)
     assert before.source == "family default" and before.reference == "lenet5 fp32"
 
     entry = tune_model(model, settings)
     sizes = [b for b, _ in entry["curve"]]
     assert sizes[0] == 1 and len(sizes) >= 3 and entry["family"] == "lenet"
-    after = limit_for_model(model, settings)
+    after = policy_for_model(model, settings)
     assert after.source == "measured" and after.max_batch_size > 1  # LeNet-5 runs far more images/s in batches
-    assert after.measured_on.endswith("threads") and after.to_json()["curve"][0]["batch"] == 1
+    assert after.measured_on.endswith("threads") and after.model_dump(mode="json")["curve"][0]["batch"] == 1
 
     # tune at start: a model with no curve here is measured while the service loads it
     fresh = Settings(tiers="one", batch_profiles=str(tmp_path / "other.json"), tune_at_start=True)
-    assert limit_for_model(model, fresh).source == "measured"
+    assert policy_for_model(model, fresh).source == "measured"
     assert (tmp_path / "other.json").is_file()

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
-from cnnserve.service.batching import ModelBatcher
 from cnnserve.service.errors import ModelUnavailable, ServeError
+from cnnserve.service.runtime.batching import ModelBatcher
 
 
 def _runner(calls: list[int], delay: float = 0.02, fail: Exception | None = None):
@@ -105,16 +104,3 @@ def test_jobs_past_the_latency_budget_are_shed_with_503() -> None:
         assert shed and all(r.status == 503 and "overloaded" in r.message for r in shed)
 
     asyncio.run(main())
-
-
-@pytest.mark.parametrize("rows", [3, 5])
-def test_cuda_padding_rounds_up_to_a_power_of_two_and_drops_the_padding(rows: int) -> None:
-    calls: list[int] = []
-
-    async def main() -> None:
-        batcher = ModelBatcher("m", _runner(calls), max_batch_size=8, max_latency_ms=5000, pad_batches=True)
-        answer = await batcher.infer(np.stack([_image(k) for k in range(rows)]))
-        assert answer["out"].tolist() == list(range(rows))
-
-    asyncio.run(main())
-    assert calls == [4 if rows == 3 else 8]

@@ -57,7 +57,8 @@ def test_bento_packs_the_chosen_models_and_serving_requirements_only(bento, mode
     assert {"onnxruntime-gpu", "bentoml", "pillow", "numpy", "pydantic"} <= requirements
     assert not requirements & TRAINING_ONLY
     sources = {p.relative_to(Path(bento.path) / "src").parts[0] for p in (Path(bento.path) / "src").rglob("*.py")}
-    assert sources == {"service"}  # no models/, export/ (torch) or tests/ in the serving code
+    assert sources == {"cnnserve", "service"}  # no models/, export/ (torch) or tests/ in the serving code
+    assert [p.name for p in (Path(bento.path) / "src" / "cnnserve").rglob("*.py")] == ["__init__.py"]
 
 
 def test_bento_dockerfile_serves_on_3000_and_adds_cuda_libraries(bento) -> None:

@@ -5,7 +5,7 @@ drop or paste), and reads what the page draws. Answers are checked against the s
 image. Screenshots of each view go to a temporary folder, and to `$CNNSERVE_SCREENSHOTS` when that is set
 (`docs/screenshots/` holds a few). `make browser-deps` installs chromium and chromium-driver.
 
-`python tests/test_browser.py` regenerates the sample images the service ships (`service/static/samples/`).
+`python tests/test_browser.py` regenerates the sample images the service ships (`service/app/static/samples/`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "service" / "static" / "samples"
+SAMPLES = ROOT / "service" / "app" / "static" / "samples"
 
 
 def make_samples(folder: Path) -> None:

@@ -207,13 +207,13 @@ def test_tune_measures_a_store_model_and_the_service_reads_it(model_store: dict[
     (entry,) = json.loads(profiles.read_text())["profiles"]
     assert entry["family"] == "cae" and entry["provider"] == "CPUExecutionProvider" and entry["curve"][0][0] == 1
 
-    from cnnserve.service.batch_tuning import limit_for_model
-    from cnnserve.service.runtime import load_model
+    from cnnserve.service.runtime.model import load_model
+    from cnnserve.service.runtime.tuning import policy_for_model
     from cnnserve.service.settings import Settings
     from cnnserve.service.store import resolve_model_file
 
-    model = load_model(*resolve_model_file(model_store["cae"]), providers=["CPUExecutionProvider"], warm_up=False)
-    limit = limit_for_model(model, Settings(tiers="one", batch_profiles=str(profiles), batch_budget_ms=20))
+    model = load_model(*resolve_model_file(model_store["cae"]), providers=["CPUExecutionProvider"])
+    limit = policy_for_model(model, Settings(tiers="one", batch_profiles=str(profiles), batch_budget_ms=20))
     assert limit.source == "measured" and f"batch limit {limit.max_batch_size} " in out
 
     not_ours = tmp_path / "plain.onnx"

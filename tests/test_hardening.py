@@ -229,3 +229,22 @@ def test_a_chunked_upload_over_the_limit_is_stopped_with_413(server) -> None:
         f"{server.url}/classify", data=body(), headers={"Content-Type": "multipart/form-data; boundary=b"}, timeout=60
     )
     assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+def test_an_upload_over_the_limit_reaches_a_stdlib_client_as_413(server) -> None:
+    """urllib sends its whole body before it reads: the service drains a refused body (as nginx does) instead of
+    closing on it, so the client reads the 413 rather than "connection reset by peer" (the test server allows 2 MB)."""
+    import urllib.error
+    import urllib.request
+
+    body = b"\0" * (6 * 2**20)
+    request = urllib.request.Request(
+        f"{server.url}/classify", data=body, headers={"Content-Type": "image/png"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "limit" in json.loads(refused.value.read())["error"]
+    # and the connection that follows is served normally
+    ok = requests.post(f"{server.url}/classify", files={"image": digit_png(digits_split().test_images[0])}, timeout=30)
+    assert ok.status_code == 200

@@ -16,6 +16,7 @@ import pytest
 import skimage.data
 import torchvision.models
 import torchvision.transforms as T
+from cnnserve.export.onnx import contract_for
 from cnnserve.export.weights import torchvision_spec
 from cnnserve.service.errors import BadInput, PayloadTooLarge
 from cnnserve.service.imaging import Preprocess, decode_image, preprocess, to_model_mode
@@ -85,8 +86,7 @@ def test_spec_of_a_torchvision_export_preprocesses_like_the_weights_preset(name:
     # The spec a `--weights torchvision` export writes into its ONNX file, read back the way the service reads it,
     # must give the pixels torchvision's published transform gives (before its normalisation, which our graph does).
     spec = models.get_spec(name)
-    recorded = torchvision_spec(spec).to_json_dict()
-    pre = Preprocess.from_spec(recorded)
+    pre = contract_for(torchvision_spec(spec)).preprocess
     preset = torchvision.models.get_weight(spec.torchvision_weights).transforms()
     img = Image.fromarray(skimage.data.chelsea())
     mean = np.asarray(preset.mean, dtype=np.float32)[:, None, None]
@@ -99,7 +99,7 @@ def test_spec_of_a_torchvision_export_preprocesses_like_the_weights_preset(name:
 
 def test_direct_resize_for_a_one_channel_model() -> None:
     img = Image.fromarray(skimage.data.astronaut())
-    pre = Preprocess.from_spec(models.get_spec("lenet5").to_json_dict())
+    pre = contract_for(models.get_spec("lenet5")).preprocess
     assert pre == Preprocess(input_size=(32, 32), in_channels=1, resize_size=None)
     got = preprocess(img, pre)
     expected = T.Compose([T.Grayscale(1), T.Resize((32, 32)), T.ToTensor()])(img).numpy()

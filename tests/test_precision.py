@@ -22,10 +22,9 @@ import pytest
 import torch
 from cnnserve.export import export_model
 from cnnserve.export.demos.digits import digit_png, digits_split
-from cnnserve.export.onnx import read_metadata
+from cnnserve.export.onnx import contract_for, read_contract, read_metadata
 from cnnserve.export.quality import photo_images
-from cnnserve.service.imaging import Preprocess, preprocess
-from cnnserve.service.schemas import quality_of
+from cnnserve.service.imaging import preprocess
 
 from cnnserve import models
 
@@ -88,7 +87,7 @@ def test_lenet5_int8_accuracy_measured_independently(tmp_path: Path) -> None:
     path = tmp_path / "lenet5-int8.onnx"
     result = export_model("lenet5", weights="demo", precision="int8", output=path, save=False)
     split = digits_split()
-    pre = Preprocess.from_spec(read_metadata(path)["cnnserve.spec"])
+    pre = read_contract(path).preprocess
     from cnnserve.export.demos.digits import digit_image
 
     images = np.stack([preprocess(digit_image(d), pre) for d in split.test_images])
@@ -124,9 +123,8 @@ def test_fp16_uint8_variant_saved_under_the_contract_tag() -> None:  # into the 
     entry = bentoml.models.get(result.tag)
     assert entry.info.metadata["precision"] == "fp16" and entry.info.metadata["input_dtype"] == "uint8"
     onnx_path = Path(entry.path_of(entry.info.metadata["onnx_file"]))
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(onnx_path).items()}
-    quality = quality_of(meta)
-    assert quality is not None and quality["metric"] == "accuracy" and quality["drop"] <= GATES["lenet5"]
+    quality = read_contract(onnx_path).quality
+    assert quality is not None and quality.metric == "accuracy" and quality.drop <= GATES["lenet5"]
     (inp,) = _session(onnx_path).get_inputs()
     assert inp.type == "tensor(uint8)"
 
@@ -176,7 +174,7 @@ def _resnet18_with_bn_statistics(path: Path) -> None:
             module.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
     spec = models.get_spec("resnet18")
-    images = torch.from_numpy(photo_images(Preprocess.from_spec(spec.to_json_dict())))
+    images = torch.from_numpy(photo_images(contract_for(spec).preprocess))
     mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
     with torch.no_grad():
         logits = model((images - mean) / std)
@@ -196,7 +194,7 @@ def test_imagenet_classifier_keeps_top5_and_logit_direction(precision: str, tmp_
     quality = export_model("resnet18", weights=str(weights), precision=precision, output=path, save=False).quality
     assert quality["metric"] == "top5_overlap" and quality["data"].startswith("skimage.data photos")
     # The fp32 file is not flat on these photos: its top class is confident compared with uniform 1/1000.
-    images = photo_images(Preprocess.from_spec(read_metadata(fp32)["cnnserve.spec"]))
+    images = photo_images(read_contract(fp32).preprocess)
     (probs,) = _session(fp32).run(None, {"images": images})
     assert 10 / 1000 < float(probs.max(1).mean()) < 0.99
     if precision == "fp16":

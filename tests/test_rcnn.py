@@ -3,7 +3,7 @@ ONNX file finds what torchvision's own eager model finds, box for box and mask f
 
 The ONNX side runs the way the service runs: the upload is resized to ``service.imaging.detection_resize_size``
 (torchvision's arithmetic; the pixels come from the same bilinear interpolation torchvision uses, so both models see
-the same image), the answer's boxes are mapped back to the upload with ``service.answers.scale_boxes`` and its
+the same image), the answer's boxes are mapped back to the upload with ``service.tasks.detect.scale_boxes`` and its
 28×28 masks are pasted with ``service.masks.paste_masks``. torchvision resizes and pastes inside its model.
 
 No COCO weights can be downloaded here. When the published checkpoint is in the torch hub cache the tests use it;
@@ -32,9 +32,9 @@ from cnnserve.export.pipeline import export_model
 from cnnserve.export.rcnn import detection_parity
 from cnnserve.export.weights import apply_state_dict, torchvision_checkpoint_path
 from cnnserve.models.rcnn import FasterRCNN, adapt_state_dict, freeze_batch_norm
-from cnnserve.service.answers import scale_boxes
 from cnnserve.service.imaging import detection_resize_size
 from cnnserve.service.masks import paste_masks
+from cnnserve.service.tasks.detect import scale_boxes
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou

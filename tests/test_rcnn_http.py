@@ -29,10 +29,10 @@ import skimage.data
 import torch
 import torchvision
 from cnnserve.export.pipeline import export_model
-from cnnserve.service.answers import AnswerOptions, answer_for
-from cnnserve.service.imaging import decode_image, preprocess
-from cnnserve.service.runtime import LoadedModel, load_model
+from cnnserve.service.imaging import decode_image, preprocess_uint8
+from cnnserve.service.runtime.model import OnnxModel, load_model
 from cnnserve.service.store import resolve_model_file
+from cnnserve.service.tasks import tasks_serving
 from conftest import Server, png_bytes, post_image, start_server, stop_server
 from PIL import Image
 from test_rcnn import LIVELY_SPREADS, calibration_images, make_lively
@@ -83,16 +83,20 @@ def rcnn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def direct(rcnn_server: Server) -> Iterator:
     """The same stored ONNX file run in this process the way ``cnnserve score`` runs it."""
-    loaded: dict[str, LoadedModel] = {}
+    loaded: dict[str, OnnxModel] = {}
 
     def answer(name: str, data: bytes, **thresholds: float) -> dict:
         if name not in loaded:
-            loaded[name] = load_model(*resolve_model_file(name), providers=["CPUExecutionProvider"], warm_up=False)
+            loaded[name] = load_model(*resolve_model_file(name), providers=["CPUExecutionProvider"])
         model = loaded[name]
+        contract = model.contract
+        (task,) = tasks_serving(contract.task)
         upload = decode_image(data)
-        tensor = preprocess(upload, model.preprocess)
-        outputs = {k: v[0] for k, v in model.run(tensor[None], **thresholds).items()}
-        return answer_for(model, outputs, upload=upload, tensor=tensor, options=AnswerOptions())
+        pixels = preprocess_uint8(upload, contract.preprocess)
+        outputs = {k: v[0] for k, v in model.run(pixels[None], thresholds).items()}
+        return task.answer(name, contract, outputs, upload, pixels, task.parse_options({})).model_dump(
+            exclude_none=True
+        )
 
     yield answer
     loaded.clear()

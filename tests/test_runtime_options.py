@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cnnserve.service.runtime import load_model
-from cnnserve.service.session_options import SessionConfig, available_cores, cache_key, create_session, session_threads
+from cnnserve.service.runtime.model import load_model
+from cnnserve.service.runtime.sessions import SessionConfig, available_cores, cache_key, create_session, session_threads
 from cnnserve.service.settings import Settings
 
 
@@ -33,7 +33,7 @@ def test_cores_are_the_affinity_capped_by_the_cgroup_quota() -> None:
 
 
 def test_cgroup_quota_file(tmp_path: Path) -> None:
-    from cnnserve.service.session_options import _cgroup_cpu_limit
+    from cnnserve.service.runtime.sessions import _cgroup_cpu_limit
 
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("max 100000\n")
@@ -73,12 +73,12 @@ def lenet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_second_load_uses_the_cached_optimised_graph(lenet_file: Path, tmp_path: Path) -> None:
     config = SessionConfig(cache_dir=tmp_path / "cache")
     first = load_model("lenet5", lenet_file, providers=["CPUExecutionProvider"], session_config=config)
-    assert first.ready and first.session_cache == "written"
+    assert first.info.ready and first.info.session_cache == "written"
     (cached,) = (tmp_path / "cache").glob("*.onnx")
     assert cached.stem == cache_key(lenet_file, ["CPUExecutionProvider"])
     second = load_model("lenet5", lenet_file, providers=["CPUExecutionProvider"], session_config=config)
-    assert second.ready and second.session_cache == "hit"
-    assert second.spec == first.spec and second.extra == first.extra  # the metadata survives optimisation
+    assert second.info.ready and second.info.session_cache == "hit"
+    assert second.info.contract == first.info.contract  # the metadata survives optimisation
     x = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(second.run(x)["probabilities"], first.run(x)["probabilities"], atol=1e-6)
     # Another file (or onnxruntime version, providers, CPU) is another key: never a stale graph.
@@ -114,7 +114,7 @@ def test_an_unusable_cache_dir_falls_back_silently(lenet_file: Path, tmp_path: P
         model = load_model(
             "lenet5", lenet_file, providers=["CPUExecutionProvider"], session_config=SessionConfig(cache_dir=cache_dir)
         )
-        assert model.ready and model.session_cache == "off" and model.error is None
+        assert model.info.ready and model.info.session_cache == "off" and model.info.error is None
     assert blocked.read_text() == ""
 
 
@@ -123,8 +123,8 @@ def test_a_silent_fallback_from_cuda_to_cpu_is_caught(lenet_file: Path, caplog: 
     # did on the H100 for a device id the machine lacked (benchmarks/gpu/tune/cuda_options.json).
     asked = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     strict = load_model("lenet5", lenet_file, providers=asked, device_id=7, strict_providers=True)
-    assert not strict.ready and "fell back to CPUExecutionProvider" in strict.error
+    assert not strict.info.ready and "fell back to CPUExecutionProvider" in strict.info.error
     with caplog.at_level("ERROR", logger="cnnserve.runtime"):
         lenient = load_model("lenet5", lenet_file, providers=asked)
-    assert lenient.ready and lenient.providers == ["CPUExecutionProvider"]
+    assert lenient.info.ready and lenient.info.providers == ("CPUExecutionProvider",)
     assert "fell back" in caplog.text  # served, but never silently

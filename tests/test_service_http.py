@@ -165,7 +165,7 @@ def test_models_lists_readiness_per_model(server) -> None:
     assert lenet["input_size"] == [32, 32] and lenet["precision"] == "fp32"
     assert lenet["source"] == "demo:sklearn-digits"
     assert lenet["providers"] == ["CPUExecutionProvider"]
-    # each model's batch limit follows its family's measured curve (service/batching_defaults.json): LeNet-5
+    # each model's batch limit follows its family's measured curve (service/runtime/batching_defaults.json): LeNet-5
     # gains from big batches on a CPU, a ResNet hardly at all
     assert lenet["batching"]["source"] == "family default" and lenet["batching"]["max_batch_size"] >= 32
     assert lenet["batching"]["curve"][0]["batch"] == 1 and lenet["batching"]["reference"] == "lenet5 fp32"

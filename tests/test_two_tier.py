@@ -1,5 +1,6 @@
 """The two-tier service (API workers + model tier) on CPU: the same answers as the one-tier service, batching
-across API workers, errors crossing the process boundary with their status."""
+across API workers, errors crossing the process boundary with their status. It runs with batch buckets, as on a
+GPU (one input shape per session), so the bucketed sessions answer real requests here too."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def tiered(model_store):
             "CNNSERVE_TIERS": "two",
             "CNNSERVE_API_WORKERS": "2",
             "CNNSERVE_MODELS": "lenet5,yolov1_shapes,cae,broken",
+            "CNNSERVE_BATCH_BUCKETS": "1,4",
         },
         _SESSION_DIR / "serve-two-tier.log",
     )
@@ -35,6 +37,11 @@ def test_models_come_from_the_model_tier(tiered) -> None:
     assert set(models) == {"lenet5", "yolov1_shapes", "cae", "broken"}
     assert models["lenet5"]["ready"] and models["lenet5"]["providers"] == ["CPUExecutionProvider"]
     assert not models["broken"]["ready"] and models["broken"]["error"]
+    for name in ("lenet5", "yolov1_shapes", "cae"):  # each model's buckets: 1, 4 and its batch limit
+        batching = models[name]["batching"]
+        limit = batching["max_batch_size"]
+        assert batching["buckets"] == [b for b in (1, 4) if b < limit] + [limit], batching
+        assert batching["sessions"] == len(batching["buckets"])  # one run in flight per bucket on the CPU
     response = post_image(tiered, "/classify", b"\x89PNG", model="broken")
     assert response.status_code == 503 and "not ready" in response.json()["error"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
-from cnnserve.service.runtime import load_model, with_provider_options
-from cnnserve.service.session_options import SessionConfig, create_session
+from cnnserve.service.runtime.model import load_model
+from cnnserve.service.runtime.sessions import SessionConfig, create_session, with_provider_options
 
 
 def _timed(fn, runs: int) -> float:
@@ -63,7 +63,7 @@ def main() -> None:
     binding = {}
     for io in (True, False):
         model = load_model("m", args.file, providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                           io_binding=io, warm_up=False)  # fmt: skip
+                           io_binding=io)  # fmt: skip
         for b in batches:
             x = np.random.default_rng(0).integers(0, 256, (b, 3, 224, 224), dtype=np.uint8)
             model.run(x)
@@ -73,7 +73,7 @@ def main() -> None:
     print("io-binding", json.dumps(binding), flush=True)
     # a device that is not there: the model must come back not ready, with the reason
     wrong = load_model("m", args.file, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], device_id=7)
-    result["device_id_7"] = {"ready": wrong.ready, "providers": wrong.providers, "error": wrong.error}
+    result["device_id_7"] = {"ready": wrong.info.ready, "providers": wrong.info.providers, "error": wrong.info.error}
     print("device_id=7", json.dumps(result["device_id_7"]), flush=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -26,8 +26,10 @@ def main() -> None:
 
     import onnxruntime as ort
     import torch
-    from cnnserve.service.imaging import Preprocess, preprocess_uint8, to_unit_float
-    from cnnserve.service.runtime import read_metadata, with_provider_options
+    from cnnserve.service.contract import ModelContract
+    from cnnserve.service.imaging import preprocess_uint8, to_unit_float
+    from cnnserve.service.runtime.model import read_metadata
+    from cnnserve.service.runtime.sessions import with_provider_options
     from cnnserve.service.store import find_entry
     from skimage import data
 
@@ -37,7 +39,7 @@ def main() -> None:
     providers = with_provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"], tf32=False)
     session = ort.InferenceSession(str(entry.path), providers=providers)
     spec = json.loads(read_metadata(session)["cnnserve.spec"])
-    pre = Preprocess.from_spec(spec)
+    pre = ModelContract.from_metadata(read_metadata(session)).preprocess
     from PIL import Image
 
     photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]

@@ -56,9 +56,10 @@ def _spec():
 
 def digits_batch(images: np.ndarray) -> np.ndarray:
     """8×8 uint8 digits → float32 (N, 1, 32, 32) in [0, 1], exactly as the service pre-processes an upload."""
-    from cnnserve.service.imaging import Preprocess, preprocess
+    from cnnserve.export.onnx import contract_for
+    from cnnserve.service.imaging import preprocess
 
-    pre = Preprocess.from_spec(_spec().to_json_dict())
+    pre = contract_for(_spec()).preprocess
     return np.stack([preprocess(digit_image(img), pre) for img in images])
 
 

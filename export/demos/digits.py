@@ -55,10 +55,11 @@ def digits_split() -> DigitsSplit:
 
 
 def _to_batch(images: np.ndarray) -> np.ndarray:
+    from cnnserve.export.onnx import contract_for
     from cnnserve.models import get_spec
-    from cnnserve.service.imaging import Preprocess, preprocess
+    from cnnserve.service.imaging import preprocess
 
-    pre = Preprocess.from_spec(get_spec("lenet5").to_json_dict())
+    pre = contract_for(get_spec("lenet5")).preprocess
     return np.stack([preprocess(digit_image(img), pre) for img in images])
 
 

@@ -45,9 +45,10 @@ def _spec():
 
 def shapes_batch(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` scenes as the service would feed them: images float32 (N, 3, 128, 128) in [0, 1], masks int64."""
-    from cnnserve.service.imaging import Preprocess, preprocess
+    from cnnserve.export.onnx import contract_for
+    from cnnserve.service.imaging import preprocess
 
-    pre = Preprocess.from_spec(_spec().to_json_dict())
+    pre = contract_for(_spec()).preprocess
     samples = make_dataset(n, seed=seed, size=pre.input_size)
     images = np.stack([preprocess(Image.fromarray(s.image), pre) for s in samples])
     masks = np.stack([s.mask.astype(np.int64) for s in samples])

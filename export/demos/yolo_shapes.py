@@ -114,9 +114,10 @@ def _spec():
 
 def shapes_batch(samples: Sequence[ShapesSample]) -> np.ndarray:
     """Scenes → the model's input batch (N, 3, H, W) float32 in [0, 1], through the service's pre-processing."""
-    from cnnserve.service.imaging import Preprocess, preprocess
+    from cnnserve.export.onnx import contract_for
+    from cnnserve.service.imaging import preprocess
 
-    pre = Preprocess.from_spec(_spec().to_json_dict())
+    pre = contract_for(_spec()).preprocess
     return np.stack([preprocess(Image.fromarray(s.image), pre) for s in samples])
 
 

@@ -1,28 +1,31 @@
-"""Batch limits per model, from measurements: how long one run of b images takes here, and which b to allow.
+"""Batch policy per model, from measurements: how large one run may be, which batch shapes the sessions run, and
+when a queued request is shed.
 
-Whether batching pays depends on the model and the device, by orders of magnitude. On our 2-core CPU ResNet-50
-fp32 does ~26 images/s at batch 1 and ~26.5 at batch 32 — batching buys nothing there, and a batch of 32 holds
-every request in it for 1.2 s — while LeNet-5 goes from ~15,000 to well over 100,000 images/s; on an H100
-ResNet-50 fp16 goes from ~1,000 images/s at batch 1 to ~10,000 at batch 64. One global limit is wrong for most
-of them, so the limit is chosen per model from its measured curve:
+Whether batching pays depends on the model and the device by orders of magnitude (``benchmarks/`` and
+``service/runtime/batching_defaults.json`` have the curves): a large CNN on a small CPU gains almost nothing from
+batching while each extra image holds the whole batch back; a small one, or any CNN on a GPU, gains many times.
+One global limit is wrong for most of them, so each model's policy is resolved once, when it loads
+(:func:`policy_for_model`), from its measured batch-cost curve:
 
-* **The rule** (:func:`choose_batch_limit`). Among the batch sizes whose single run fits the *batch budget*
-  (``CNNSERVE_BATCH_BUDGET_MS``, default 100 ms: a request that arrives while a batch runs waits about that long
-  before its own batch can start), take the best throughput, then the *smallest* batch that reaches
-  ``CNNSERVE_BATCH_TOLERANCE`` (97 %) of it. Past that knee a bigger batch adds waiting, not throughput. If even
-  one image takes longer than the budget, the limit is 1.
-* **The shedding deadline** per model (:attr:`BatchLimit.shed_after_ms`): ``CNNSERVE_MAX_LATENCY_MS``, but never
-  less than four runs of a full batch — a slow model (an R-CNN on a CPU runs for seconds) would otherwise shed
-  requests it could still serve.
-* **Where the curve comes from**, first match wins (:func:`resolve_batch_limit`): an explicit
+* **The limit** (:func:`choose_batch_limit`). Among the batch sizes whose single run fits the *batch budget*
+  (``CNNSERVE_BATCH_BUDGET_MS``: a request that arrives while a batch runs waits about that long before its own
+  can start), take the best throughput, then the *smallest* batch that reaches ``CNNSERVE_BATCH_TOLERANCE`` of
+  it. Past that knee a bigger batch adds waiting, not throughput. If even one image misses the budget, it is 1.
+* **The buckets** (:func:`choose_buckets`, CUDA only): the few batch shapes the sessions run (see
+  :mod:`.model`). Going down from the limit, a smaller power of two becomes a bucket when padding it up to the
+  bucket above would cost more than ``_PAD_COST`` times its own run; without a curve, every fourth power of two.
+  ``CNNSERVE_BATCH_BUCKETS`` names them instead (``1,8,32,128``), or ``none`` for one session of any shape.
+* **The shedding deadline** (:attr:`BatchPolicy.shed_after_ms`): ``CNNSERVE_MAX_LATENCY_MS``, but never less than
+  four runs of a full batch — a slow model (an R-CNN on a CPU runs for seconds) would otherwise shed requests it
+  could still serve.
+* **Where the curve comes from**, first match wins (:func:`resolve_batch_policy`): an explicit
   ``CNNSERVE_MODEL_MAX_BATCH_SIZE`` (or, with one tier, ``CNNSERVE_MAX_BATCH_SIZE``); a profile that
   ``cnnserve tune`` (or ``CNNSERVE_TUNE_AT_START=true``) measured for this very file on this machine — same
-  provider, device and threads — kept in ``~/.cache/cnnserve/batching.json``; the family defaults we measured and
-  ship in ``service/batching_defaults.json`` (each family's representative on a 2-core CPU and on an H100); the
-  built-in 16 (CPU) / 64 (CUDA). Profiles keep the whole curve, so a different budget or tolerance is applied
-  at load without measuring again.
+  provider, device and threads — kept in ``~/.cache/cnnserve/batching.json``; the family defaults shipped in
+  ``batching_defaults.json`` (each family's representative, on a CPU and on a GPU); the built-in 16 (CPU) / 64
+  (CUDA). Profiles keep the whole curve, so a different budget or tolerance applies without measuring again.
 
-Limits are powers of two: the curve is measured at 1, 2, 4, … and CUDA pads batches to powers of two anyway.
+Limits are powers of two: the curve is measured at 1, 2, 4, … .
 """
 
 from __future__ import annotations
@@ -37,20 +40,17 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .runtime import LoadedModel
-    from .settings import Settings
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 __all__ = [
     "SIZES",
-    "BatchLimit",
+    "BatchPolicy",
+    "choose_buckets",
     "ProfileStore",
     "choose_batch_limit",
     "curve_of",
@@ -58,9 +58,8 @@ __all__ = [
     "device_identity",
     "load_family_defaults",
     "measure_curve",
-    "limit_for_model",
-    "resolve_batch_limit",
-    "tune_model",
+    "resolve_batch_policy",
+    "with_buckets",
 ]
 
 logger = logging.getLogger("cnnserve.batching")
@@ -73,35 +72,42 @@ _SHED_RUNS = 4  # a request is never shed before this many full batches could ha
 Curve = list[tuple[int, float]]  # (batch size, median ms of one run), ascending
 
 
-@dataclass
-class BatchLimit:
-    """A model's batch limit and where it came from (shown in ``GET /models``)."""
+class BatchPolicy(BaseModel):
+    """A model's batch policy and where it came from (``GET /models`` shows it as ``batching``)."""
 
-    max_batch_size: int
-    source: str  # "setting" | "measured" | "family default" | "built-in"
-    shed_after_ms: float
-    budget_ms: float | None = None
-    curve: Curve = field(default_factory=list)
-    measured_on: str | None = None  # the device the curve was measured on
+    model_config = ConfigDict(frozen=True)
+
+    max_batch_size: int = Field(description="largest batch of one onnxruntime run")
+    source: str = Field(description="measured (here, by `cnnserve tune`) | family default | setting | built-in")
+    shed_after_ms: float = Field(description="a request still queued after this long gets a 503")
+    budget_ms: float | None = Field(None, description="the longest one run may take when choosing the limit")
+    curve: list[tuple[int, float]] = Field(
+        default_factory=list, description="(batch, median ms of one run) as measured; shown with images/s"
+    )
+    measured_on: str | None = None
     measured_at: str | None = None
-    reference: str | None = None  # family default: the model that was measured
+    reference: str | None = Field(None, description="family default: the model and precision measured")
+    buckets: list[int] | None = Field(
+        None, description="the batch shapes the sessions run (CUDA); null: one session takes any batch (CPU)"
+    )
+    sessions: int = Field(1, description="onnxruntime sessions holding this model (one per bucket and run in flight)")
+
+    @field_validator("curve", mode="before")
+    @classmethod
+    def _points(cls, value: Any) -> Any:
+        """Read back the JSON form (``{"batch", "ms", ...}`` points) as well as pairs."""
+        if isinstance(value, list):
+            return [(p["batch"], p["ms"]) if isinstance(p, dict) else p for p in value]
+        return value
+
+    @field_serializer("curve")
+    def _show(self, curve: list[tuple[int, float]]) -> list[dict[str, float]]:
+        return [{"batch": b, "ms": round(ms, 3), "images_per_s": round(b / max(ms, 1e-9) * 1000, 1)} for b, ms in curve]
 
     @property
     def batch_ms(self) -> float | None:
         """Measured ms of one run at the limit (None without a curve, or when the limit was not measured)."""
         return dict(self.curve).get(self.max_batch_size)
-
-    @property
-    def warm_sizes(self) -> tuple[int, ...]:
-        """The batch shapes a padding (CUDA) batcher forms: powers of two up to the limit."""
-        return tuple(1 << i for i in range(self.max_batch_size.bit_length()))
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["curve"] = [
-            {"batch": b, "ms": round(ms, 3), "images_per_s": round(b / max(ms, 1e-9) * 1000, 1)} for b, ms in self.curve
-        ]
-        return {k: v for k, v in d.items() if v not in (None, [])}
 
 
 # --- measuring and choosing ---------------------------------------------------------------------------------------
@@ -172,11 +178,38 @@ def _shed_after(curve: Curve, limit: int, max_latency_ms: float) -> float:
 
 def limit_from_curve(
     curve: Curve, *, source: str, budget_ms: float, tolerance: float, max_latency_ms: float, **info: Any
-) -> BatchLimit:
+) -> BatchPolicy:
     limit = choose_batch_limit(curve, budget_ms=budget_ms, tolerance=tolerance)
-    return BatchLimit(
-        limit, source, _shed_after(curve, limit, max_latency_ms), budget_ms=budget_ms, curve=list(curve), **info
+    return BatchPolicy(
+        max_batch_size=limit,
+        source=source,
+        shed_after_ms=_shed_after(curve, limit, max_latency_ms),
+        budget_ms=budget_ms,
+        curve=list(curve),
+        **info,
     )
+
+
+_PAD_COST = 1.5  # a smaller bucket earns its sessions when padding it up would cost 1.5× its own run
+
+
+def choose_buckets(limit: int, curve: Curve) -> tuple[int, ...]:
+    """The batch shapes a CUDA model's sessions run: always 1 and the limit; in between, going down from the limit,
+    a power of two whose own run costs less than 1/``_PAD_COST`` of the bucket above it (so padding a batch of it
+    up would waste more than that). Without a measurement at a size, every fourth power of two."""
+    measured = dict(curve)
+    buckets = [limit]
+    size = limit // 2
+    while size >= 1:
+        above = buckets[-1]
+        if size in measured and above in measured:
+            keep = measured[above] > _PAD_COST * measured[size]
+        else:
+            keep = above >= 4 * size
+        if keep or size == 1:
+            buckets.append(size)
+        size //= 2
+    return tuple(sorted(set(buckets)))
 
 
 # --- where this runs ----------------------------------------------------------------------------------------------
@@ -317,9 +350,10 @@ def curve_of(entry: dict[str, Any]) -> Curve:
     return [(int(b), float(ms)) for b, ms in entry["curve"]]
 
 
-def resolve_batch_limit(
+def resolve_batch_policy(
     *,
-    spec: dict[str, Any],
+    family: str,
+    name: str,
     precision: str,
     sha256: str | None,
     identity: dict[str, Any],
@@ -329,11 +363,11 @@ def resolve_batch_limit(
     max_latency_ms: float,
     profiles: ProfileStore | None,
     family_defaults: list[dict[str, Any]],
-) -> BatchLimit:
+) -> BatchPolicy:
     """A model's limit: explicit setting, else its measured profile here, else its family's, else built-in."""
     on_cuda = identity["provider"] == "CUDAExecutionProvider"
     if setting:
-        return BatchLimit(setting, "setting", float(max_latency_ms))
+        return BatchPolicy(max_batch_size=setting, source="setting", shed_after_ms=float(max_latency_ms))
     choose = {"budget_ms": budget_ms, "tolerance": tolerance, "max_latency_ms": max_latency_ms}
     if profiles is not None and sha256:
         entry = profiles.lookup(sha256, identity)
@@ -345,13 +379,7 @@ def resolve_batch_limit(
                 measured_at=entry.get("measured_at"),
                 **choose,
             )
-    entry = _family_match(
-        family_defaults,
-        name=str(spec.get("name", "")),
-        family=str(spec.get("family", "")),
-        precision=precision,
-        provider=identity["provider"],
-    )
+    entry = _family_match(family_defaults, name=name, family=family, precision=precision, provider=identity["provider"])
     if entry is not None:
         return limit_from_curve(
             curve_of(entry),
@@ -361,7 +389,21 @@ def resolve_batch_limit(
             reference=f"{entry['model']} {entry['precision']}",
             **choose,
         )
-    return BatchLimit(_BUILT_IN[on_cuda], "built-in", float(max_latency_ms))
+    return BatchPolicy(max_batch_size=_BUILT_IN[on_cuda], source="built-in", shed_after_ms=float(max_latency_ms))
+
+
+def with_buckets(policy: BatchPolicy, *, on_cuda: bool, setting: str, inflight: int) -> BatchPolicy:
+    """The policy with its execution shapes: CUDA gets buckets (from ``setting`` — ``1,8,32`` or ``none`` — else
+    from the curve), the CPU one session of any shape unless ``setting`` names buckets."""
+    setting = setting.strip().lower()
+    if setting == "none" or (not setting and not on_cuda):
+        return policy.model_copy(update={"buckets": None, "sessions": 1})
+    if setting:
+        sizes = sorted({int(v) for v in setting.split(",") if v.strip()})
+        buckets = tuple(b for b in sizes if b < policy.max_batch_size) + (policy.max_batch_size,)
+    else:
+        buckets = choose_buckets(policy.max_batch_size, policy.curve)
+    return policy.model_copy(update={"buckets": list(buckets), "sessions": len(buckets) * max(1, inflight)})
 
 
 def random_batch(in_channels: int, input_size: tuple[int, int]) -> Callable[[int], np.ndarray]:
@@ -372,92 +414,3 @@ def random_batch(in_channels: int, input_size: tuple[int, int]) -> Callable[[int
         return rng.integers(0, 256, size=(b, in_channels, *input_size), dtype=np.uint8)
 
     return sample
-
-
-# --- a loaded model -----------------------------------------------------------------------------------------------
-
-
-def model_identity(model: LoadedModel, settings: Settings) -> dict[str, Any]:
-    from .session_options import SessionConfig
-
-    provider = model.providers[0] if model.providers else "CPUExecutionProvider"
-    threads = SessionConfig.from_settings(settings).threads()[0]
-    return device_identity(provider, threads=threads, device_id=model.device_id)
-
-
-def tune_model(
-    model: LoadedModel,
-    settings: Settings,
-    *,
-    profiles: ProfileStore | None = None,
-    budget_ms: float | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Measure a loaded model's curve the way the service runs it (``model.run``: same session, same feed
-    conversion, io-binding on CUDA) and store it for this file on this machine; returns the stored entry."""
-    from .session_options import file_digest
-
-    model.require_ready()
-    budget_ms = budget_ms or settings.batch_budget_ms
-    pre = model.preprocess
-    curve = measure_curve(model.run, random_batch(pre.in_channels, pre.input_size), budget_ms=budget_ms, log=log)
-    entry = profile_entry(
-        sha256=file_digest(model.path),
-        model=model.name,
-        identity=model_identity(model, settings),
-        curve=curve,
-        budget_ms=budget_ms,
-    )
-    entry.update(family=model.spec.get("family"), registered=model.spec.get("name"), precision=model.precision)
-    (profiles or ProfileStore(_profile_path(settings))).save(entry)
-    return entry
-
-
-def _profile_path(settings: Settings) -> Path:
-    return Path(settings.batch_profiles) if settings.batch_profiles else default_profile_path()
-
-
-def limit_for_model(
-    model: LoadedModel,
-    settings: Settings,
-    *,
-    profiles: ProfileStore | None = None,
-    family_defaults: list[dict[str, Any]] | None = None,
-) -> BatchLimit:
-    """The batch limit the service uses for a loaded model (see :func:`resolve_batch_limit`); with
-    ``tune_at_start`` a model with no curve of its own here is measured first."""
-    from .session_options import file_digest
-
-    profiles = profiles or ProfileStore(_profile_path(settings))
-    family_defaults = load_family_defaults() if family_defaults is None else family_defaults
-    identity = model_identity(model, settings)
-    sha256 = file_digest(model.path) if model.path is not None and model.path.is_file() else None
-
-    def resolve() -> BatchLimit:
-        return resolve_batch_limit(
-            spec=model.spec,
-            precision=model.precision,
-            sha256=sha256,
-            identity=identity,
-            setting=settings.batch_limit_setting(),
-            budget_ms=settings.batch_budget_ms,
-            tolerance=settings.batch_tolerance,
-            max_latency_ms=settings.max_latency_ms,
-            profiles=profiles,
-            family_defaults=family_defaults,
-        )
-
-    limit = resolve()
-    if settings.tune_at_start and limit.source in ("family default", "built-in") and model.ready:
-        logger.info("model %s: measuring its batch curve (CNNSERVE_TUNE_AT_START)", model.name)
-        tune_model(model, settings, profiles=profiles)
-        limit = resolve()
-    logger.info(
-        "model %s: batch limit %d (%s%s), shed after %.0f ms",
-        model.name,
-        limit.max_batch_size,
-        limit.source,
-        f", measured on {limit.measured_on}" if limit.measured_on else "",
-        limit.shed_after_ms,
-    )
-    return limit

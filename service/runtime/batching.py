@@ -8,12 +8,13 @@ latency budget is shed with a 503 rather than served late.
 
 (BentoML's own adaptive ``CorkDispatcher`` was used here first. It allows one batch in flight, polls every
 millisecond and holds requests back by a learned "wait" that feeds on itself: on the GPU machine it kept the model
-tier's event loop busy and the GPU at 2 % — 123 images/s where the card does 10,000.)
+tier's event loop busy and the GPU nearly idle; ``benchmarks/gpu/run1`` has the figures.)
 
-The same batcher works at both tiers of the two-tier service (``service.service``): in an API worker it groups
-that worker's concurrent requests into one call to the model tier (several calls in flight, so the worker never
-idles on one round trip), and in the model tier it groups the calls from all API workers into one onnxruntime
-run. A job is therefore a small batch ``[n, C, H, W]``, not always one image.
+The same batcher works at both tiers of the two-tier service (:mod:`.runner`): in an API worker it groups that
+worker's concurrent requests into one call to the model tier (several calls in flight, so the worker never idles
+on one round trip), and in the model tier it groups the calls from all API workers into one onnxruntime run. A job
+is therefore a small batch ``[n, C, H, W]``, not always one image. Padding a batch to a fixed shape is the
+model's business (:mod:`.model`'s buckets), not the batcher's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ModelUnavailable
+from ..errors import ModelUnavailable
 
 __all__ = ["ModelBatcher", "RunBatch"]
 
@@ -47,11 +48,6 @@ class _Job:
         return (self.images.shape[1:], self.images.dtype.str, tuple(sorted(self.extra.items())))
 
 
-def _pad_to(batch: np.ndarray, size: int) -> np.ndarray:
-    pad = np.zeros((size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
-    return np.concatenate([batch, pad])
-
-
 class ModelBatcher:
     """``await batcher.infer(images)`` → those images' outputs, computed in a batch with concurrent requests."""
 
@@ -63,7 +59,6 @@ class ModelBatcher:
         max_batch_size: int,
         max_latency_ms: int,
         observe: Callable[[int, float], None] | None = None,
-        pad_batches: bool = False,
         max_inflight: int = 1,
     ) -> None:
         self.name = name
@@ -71,9 +66,6 @@ class ModelBatcher:
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
         self.max_inflight = max(1, max_inflight)
-        # CUDA: pad a batch up to the next power of two, so cuDNN sees a handful of shapes it has already tuned
-        # instead of every size from 1 to max_batch_size; the padded rows are dropped from the answers.
-        self.pad_batches = pad_batches
         self._observe = observe  # (batch size, seconds) of each run, for metrics
         self._queue: collections.deque[_Job] = collections.deque()
         self._inflight = 0
@@ -126,8 +118,6 @@ class ModelBatcher:
             parts = [job.images for job in jobs]
             batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
             rows = len(batch)
-            if self.pad_batches and rows & (rows - 1):
-                batch = _pad_to(batch, min(1 << rows.bit_length(), max(self.max_batch_size, rows)))
             start = time.perf_counter()
             try:
                 outputs = await self._run(batch, jobs[0].extra)

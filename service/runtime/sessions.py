@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -35,7 +36,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from ..settings import cuda_driver_present
+
 __all__ = [
+    "PROVIDER_NAMES",
+    "select_providers",
+    "with_provider_options",
     "SessionConfig",
     "available_cores",
     "session_threads",
@@ -51,6 +57,70 @@ logger = logging.getLogger("cnnserve.runtime")
 _MAX_CACHED_BYTES = 1_800_000_000
 # Providers that compile their own engines: their sessions cannot be serialised as a plain optimised graph.
 _NOT_CACHEABLE = frozenset({"TensorrtExecutionProvider", "OpenVINOExecutionProvider"})
+
+
+PROVIDER_NAMES = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def select_providers(requested: list[str], available: list[str], *, has_cuda_driver: bool | None = None) -> list[str]:
+    """Short names (``cuda``, ``cpu``) or full provider names → the onnxruntime providers to ask for, in order.
+
+    With nothing requested: CUDA when onnxruntime has it and a driver is present, then CPU. CPU is always
+    appended last so a model never ends up with no provider; a requested provider onnxruntime lacks is skipped
+    with a warning (the session then reports what it really got).
+    """
+    if not requested:
+        if has_cuda_driver is None:
+            has_cuda_driver = cuda_driver_present()
+        requested = ["cuda", "cpu"] if has_cuda_driver else ["cpu"]
+    chosen: list[str] = []
+    for item in requested:
+        name = PROVIDER_NAMES.get(item.strip().lower(), item.strip())
+        if name not in available:
+            logger.warning("provider %s is not available in this onnxruntime build (%s)", item, ", ".join(available))
+            continue
+        if name not in chosen:
+            chosen.append(name)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def with_provider_options(
+    providers: list[str],
+    *,
+    device_id: int = 0,
+    conv_algo_search: str = "HEURISTIC",
+    tf32: bool = True,
+    cuda_graph: bool = False,
+) -> list[str | tuple[str, dict[str, str]]]:
+    """Provider names → what ``InferenceSession`` takes, with CUDA's options set on purpose.
+
+    ``device_id``: one GPU per worker. ``cudnn_conv_algo_search=HEURISTIC``: as fast as ``EXHAUSTIVE`` once warm and
+    much faster than ``DEFAULT`` (benchmarks/gpu/tune/cuda_options.json); either way cuDNN builds a plan for each
+    input shape, which is why a CUDA session here only ever sees one shape (:mod:`.model`'s buckets).
+    ``use_tf32``: on by default like PyTorch's cuDNN convolutions; parity checks on GPU turn it off.
+    ``enable_cuda_graph``: the session captures its first run as a CUDA graph and replays it; it then needs
+    io-binding with buffers that never move (:class:`.model.GraphBinding`)."""
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in providers:
+        if name == "CUDAExecutionProvider":
+            options = {
+                "device_id": str(device_id),
+                "cudnn_conv_algo_search": conv_algo_search,
+                "use_tf32": "1" if tf32 else "0",
+                "do_copy_in_default_stream": "1",
+            }
+            if cuda_graph:
+                options["enable_cuda_graph"] = "1"
+            out.append((name, options))
+        else:
+            out.append(name)
+    return out
 
 
 def _cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
@@ -159,6 +229,9 @@ class SessionConfig:
             spinning=settings.ort_spinning,
             cache_dir=cache,
         )
+
+    def with_threads(self, intra_op_threads: int) -> SessionConfig:
+        return dataclasses.replace(self, intra_op_threads=intra_op_threads)
 
     def threads(self, cores: int | None = None) -> tuple[int, int]:
         cores = cores if cores is not None else available_cores()

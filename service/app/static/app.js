@@ -1,17 +1,13 @@
 // The page to try every model: pick an image, pick an endpoint and a model, see the answer drawn on the image.
 //
-// It talks only to the contract's routes (GET /models, POST /classify /detect /segment /denoise /anomaly) on its
-// own origin, with the same multipart requests the README's curl commands send, and shows that curl command.
+// It talks only to the contract's routes on its own origin: GET /models (the models, and the endpoints from the
+// service's task registry) and the image endpoints it lists, with the same multipart requests the README's curl
+// commands send, and shows that curl command.
 // Every piece of text that comes from the service (model names, labels, errors) goes into the page with
 // textContent or canvas fillText, never as HTML: a label may be any string.
 
-const ENDPOINTS = [
-  { path: "classify", title: "Classify", tasks: ["classification"] },
-  { path: "detect", title: "Detect", tasks: ["detection"] },
-  { path: "segment", title: "Segment", tasks: ["semantic_segmentation", "instance_segmentation"] },
-  { path: "denoise", title: "Denoise", tasks: ["autoencoder"] },
-  { path: "anomaly", title: "Anomaly", tasks: ["autoencoder"] },
-];
+// Filled from GET /models: { path, title, tasks } per image endpoint of the service's task registry.
+let ENDPOINTS = [];
 const TASK_TITLES = {
   classification: "Classification",
   detection: "Detection",
@@ -94,6 +90,7 @@ async function loadModels() {
     return;
   }
   state.models = body.models;
+  ENDPOINTS = (body.endpoints || []).map((e) => ({ path: e.route.replace(/^\//, ""), title: e.title, tasks: e.tasks }));
   renderModelTables();
   renderEndpoints();
 }

@@ -7,7 +7,7 @@ the service module is imported, and ``prometheus_client`` must see it to write w
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 __all__ = ["Metrics", "STAGES"]
@@ -43,3 +43,12 @@ class Metrics:
             yield
         finally:
             self.stage_seconds.labels(model=model, stage=stage).observe(time.perf_counter() - start)
+
+    def observe_batch(self, model: str) -> Callable[[int, float], None]:
+        """A runner's per-run callback: images in the run and its seconds."""
+
+        def observe(size: int, seconds: float) -> None:
+            self.batch_size.labels(model=model).observe(size)
+            self.batch_seconds.labels(model=model).observe(seconds)
+
+        return observe

@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import math
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import bentoml
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from .errors import BadInput, ModelNotFound, ServeError
-from .runtime import LoadedModel
-
-if TYPE_CHECKING:
-    from .service import CNNServe
+from ..contract import TensorInfo
+from ..errors import BadInput, ModelNotFound, ServeError
+from ..runtime.model import ModelInfo
+from ..runtime.runner import Runner
+from .state import current
 
 __all__ = ["router", "V2_DATATYPES", "ORT_TO_V2"]
 
@@ -62,31 +61,21 @@ MODEL_VERSION = "1"
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 
-def _service() -> CNNServe:
-    return bentoml.get_current_service()
-
-
 def _error(exc: ServeError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
-def _model(name: str, model_version: str | None = None) -> LoadedModel:
-    model = _service().models.get(name)
-    if model is None:
+def _runner(name: str, model_version: str | None = None) -> Runner:
+    runner = current().catalog.get(name)
+    if runner is None:
         raise ModelNotFound(f"unknown model {name!r}")
-    if model_version is not None and model_version not in (MODEL_VERSION, model.version):
+    if model_version is not None and model_version not in (MODEL_VERSION, runner.info.version):
         raise ModelNotFound(f"model {name!r} has no version {model_version!r}; versions: {MODEL_VERSION}")
-    return model
+    return runner
 
 
-def _shape(dims: list[Any]) -> list[int]:
-    return [d if isinstance(d, int) and d >= 0 else -1 for d in dims]
-
-
-def _tensor_meta(args: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"name": a["name"], "datatype": ORT_TO_V2.get(a["type"], a["type"]), "shape": _shape(a["shape"])} for a in args
-    ]
+def _tensor_meta(tensors: tuple[TensorInfo, ...]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "datatype": ORT_TO_V2.get(t.type, t.type), "shape": list(t.dims)} for t in tensors]
 
 
 @router.get("")
@@ -106,40 +95,40 @@ async def server_live() -> Response:
 @router.get("/health/ready")
 async def server_ready() -> Response:
     """Ready when at least one model is: one broken model must not take the others out of a load balancer."""
-    if any(m.ready for m in _service().models.values()):
+    if current().catalog.any_ready:
         return Response(status_code=200)
     return JSONResponse({"error": "no model is ready; see GET /models"}, status_code=503)
 
 
 async def _metadata(name: str, model_version: str | None) -> JSONResponse:
     try:
-        model = _model(name, model_version)
-        model.require_ready()
+        info = _runner(name, model_version).info
+        contract = info.require_ready()
     except ServeError as exc:
         return _error(exc)
     return JSONResponse(
         {
-            "name": model.name,
+            "name": info.name,
             "versions": [MODEL_VERSION],
             "platform": "onnxruntime_onnx",
-            "inputs": _tensor_meta(model.inputs),
-            "outputs": _tensor_meta(model.outputs),
-            "parameters": {"task": model.task, "precision": model.precision, "source": model.source},
+            "inputs": _tensor_meta(info.inputs),
+            "outputs": _tensor_meta(info.outputs),
+            "parameters": {"task": info.task, "precision": contract.precision, "source": contract.weights},
         }
     )
 
 
 async def _ready(name: str, model_version: str | None) -> Response:
     try:
-        _model(name, model_version).require_ready()
+        _runner(name, model_version).info.require_ready()
     except ServeError as exc:
         return _error(exc)
     return Response(status_code=200)
 
 
-def _decode_inputs(header: dict[str, Any], binary: bytes, model: LoadedModel) -> dict[str, np.ndarray]:
-    model.require_ready()
-    graph_inputs = {i["name"]: i for i in model.inputs}
+def _decode_inputs(header: dict[str, Any], binary: bytes, info: ModelInfo) -> dict[str, np.ndarray]:
+    contract = info.require_ready()
+    graph_inputs = {i.name: i for i in info.inputs}
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadInput('"inputs" must be a non-empty list of tensors')
@@ -151,15 +140,15 @@ def _decode_inputs(header: dict[str, Any], binary: bytes, model: LoadedModel) ->
             raise BadInput("each input must be an object with name, shape, datatype and data")
         name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
         if name not in graph_inputs:
-            raise BadInput(f"unknown input {name!r}; model {model.name!r} takes {', '.join(graph_inputs)}")
+            raise BadInput(f"unknown input {name!r}; model {info.name!r} takes {', '.join(graph_inputs)}")
         if datatype not in V2_DATATYPES:
             raise BadInput(f"input {name!r}: unknown datatype {datatype!r}")
-        expected_type = ORT_TO_V2.get(graph_inputs[name]["type"])
+        expected_type = ORT_TO_V2.get(graph_inputs[name].type)
         if datatype != expected_type:
             raise BadInput(f"input {name!r} must be {expected_type}, got {datatype}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise BadInput(f"input {name!r}: shape must be a list of non-negative integers")
-        expected_shape = _shape(graph_inputs[name]["shape"])
+        expected_shape = list(graph_inputs[name].dims)
         if len(shape) != len(expected_shape) or any(
             e not in (-1, d) for e, d in zip(expected_shape, shape, strict=True)
         ):
@@ -188,18 +177,19 @@ def _decode_inputs(header: dict[str, Any], binary: bytes, model: LoadedModel) ->
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadInput(f"input {name!r} holds NaN or infinite values")
         feed[name] = array
-    missing = [n for n in graph_inputs if n not in feed and n not in model.spec.get("extra_inputs", {})]
+    missing = [n for n in graph_inputs if n not in feed and n not in contract.extra_inputs]
     if missing:
         raise BadInput(f"missing input(s): {', '.join(missing)}")
-    for name, default in model.spec.get("extra_inputs", {}).items():
+    for name, default in contract.extra_inputs.items():
         feed.setdefault(name, np.asarray(default, dtype=np.float32))
     return feed
 
 
 async def _infer(name: str, model_version: str | None, request: Request) -> Response:
     try:
-        model = _model(name, model_version)
-        model.require_ready()
+        runner = _runner(name, model_version)
+        info = runner.info
+        info.require_ready()
         body = await request.body()
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
@@ -214,14 +204,14 @@ async def _infer(name: str, model_version: str | None, request: Request) -> Resp
             raise BadInput("the inference request is not valid JSON") from None
         if not isinstance(header, dict):
             raise BadInput("the inference request must be a JSON object")
-        feed = _decode_inputs(header, binary, model)
-        names = model.output_names
+        feed = _decode_inputs(header, binary, info)
+        names = info.output_names
         requested = header.get("outputs") or [{"name": n} for n in names]
         if not isinstance(requested, list) or any(
             not isinstance(o, dict) or o.get("name") not in names for o in requested
         ):
             raise BadInput(f"outputs must name graph outputs: {', '.join(names)}")
-        results = await _service().run_graph(model, [o["name"] for o in requested], feed)
+        results = await runner.run_graph([o["name"] for o in requested], feed)
     except ServeError as exc:
         return _error(exc)
 
@@ -241,7 +231,7 @@ async def _infer(name: str, model_version: str | None, request: Request) -> Resp
         else:
             entry["data"] = value.reshape(-1).tolist()
         outputs.append(entry)
-    answer = {"model_name": model.name, "model_version": MODEL_VERSION, "outputs": outputs}
+    answer = {"model_name": info.name, "model_version": MODEL_VERSION, "outputs": outputs}
     if "id" in header:
         answer["id"] = header["id"]
     if "parameters" in header:

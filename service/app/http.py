@@ -1,0 +1,204 @@
+"""The contract's HTTP routes, as a FastAPI app mounted into the BentoML service — one route per registered task.
+
+Every image endpoint is the same request path (:func:`handle`), given its :class:`~service.tasks.Task`:
+
+    parse the body (requests.py) → the task's typed options → the model (Catalog.pick) → decode and preprocess
+    (imaging.py) → the model's runner (batched) → the task's answer
+
+so a new task needs no code here (docs/architecture.md). FastAPI is used for its OpenAPI: BentoML merges a mounted
+FastAPI app's paths into its own ``/docs.json``, and the app serves Swagger UI at ``/docs``; the request body is
+documented with ``openapi_extra`` because it is parsed here, not by FastAPI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from ..errors import ServeError
+from ..imaging import decode_image, preprocess_uint8
+from ..tasks import ImageAnswer, Task, all_tasks
+from .requests import drain_refused_body, parse_image_request
+from .schemas import ErrorResponse, ModelsResponse, models_response
+from .state import ServiceState, current
+from .v2 import router as v2_router
+
+__all__ = ["routes_app", "handle"]
+
+logger = logging.getLogger("cnnserve.http")
+access_log = logging.getLogger("cnnserve.access")
+
+
+def _error(exc: ServeError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def _answer(service: ServiceState, task: Task, request: Request, seen: dict[str, str]) -> Response:
+    """The request path of every image endpoint (``seen["model"]``: the model, once picked). Raises ServeError."""
+    settings, metrics = service.settings, service.metrics
+    req = await parse_image_request(request, settings.max_upload_bytes)
+    options = task.parse_options(req.fields)
+    runner = service.catalog.pick(task, options.model)
+    name = seen["model"] = runner.info.name
+    contract = runner.info.require_ready()
+    task.check(contract, options)  # before any decoding work
+    with metrics.stage(name, "decode"):
+        draft = contract.preprocess if task.draft_decode else None
+        upload = decode_image(
+            req.image, max_pixels=settings.max_pixels, draft_for=draft, draft_ratio=settings.jpeg_draft
+        )
+    with metrics.stage(name, "preprocess"):
+        pixels = preprocess_uint8(upload, contract.preprocess)
+    with metrics.stage(name, "inference"):
+        batch = await runner.infer(pixels[None], task.graph_inputs(contract, options))
+    with metrics.stage(name, "postprocess"):
+        answer = task.answer(name, contract, {k: v[0] for k, v in batch.items()}, upload, pixels, options)
+        if isinstance(answer, ImageAnswer):
+            return Response(answer.png, media_type=answer.media_type)
+        return JSONResponse(answer.model_dump(exclude_none=True))
+
+
+async def handle(task: Task, request: Request) -> Response:
+    """One image request: the answer, or ``{"error"}`` with the error's status; counted and logged either way (one
+    access line per request, never the image bytes)."""
+    service = current()
+    start = time.perf_counter()
+    seen = {"model": "-"}
+    try:
+        response = await _answer(service, task, request, seen)
+    except ServeError as exc:
+        if seen["model"] == "-":
+            seen["model"] = _safe_label(request.query_params.get("model", "-"))
+        if exc.status == 413:
+            await drain_refused_body(request)
+        response = _error(exc)
+    except Exception:  # a bug, not the client's fault: say so without details, log them, keep serving
+        logger.exception("unexpected error on %s", task.route)
+        response = JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
+    model_name = seen["model"]
+    service.metrics.requests.labels(model=model_name, route=task.route, status=str(response.status_code)).inc()
+    if service.settings.access_log:
+        access_log.info(
+            json.dumps(
+                {
+                    "route": task.route,
+                    "model": model_name,
+                    "status": response.status_code,
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                    "bytes": int(request.headers.get("content-length", 0) or 0),
+                }
+            )
+        )
+    return response
+
+
+def _safe_label(value: str) -> str:
+    """Metric labels from client input are bounded: unknown names are not echoed into the time series."""
+    return "-" if len(value) > 64 else value
+
+
+def _field_schema(task: Task) -> dict[str, dict[str, Any]]:
+    """The task's options as OpenAPI properties (from its pydantic model)."""
+    schema = task.Options.model_json_schema()
+    return schema.get("properties", {})
+
+
+def _image_body(task: Task) -> dict[str, Any]:
+    """OpenAPI for a body we parse ourselves: multipart with an `image` file, or JSON with base64 `image`."""
+    fields = _field_schema(task)
+    properties = {"image": {"type": "string", "format": "binary", "description": "the image file"}, **fields}
+    json_properties = {**properties, "image": {"type": "string", "format": "byte", "description": "base64"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": properties}},
+                "application/json": {
+                    "schema": {"type": "object", "required": ["image"], "properties": json_properties}
+                },
+            },
+        }
+    }
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": why}
+    for status, why in (
+        (400, "bad input: undecodable image, wrong field"),
+        (404, "unknown model"),
+        (413, "upload or image over the limits"),
+        (503, "model not ready or overloaded"),
+    )
+}
+
+app = FastAPI(title="cnnserve", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+
+
+def _add_route(task: Task) -> None:
+    async def endpoint(request: Request) -> Response:
+        return await handle(task, request)
+
+    endpoint.__name__ = task.name
+    endpoint.__doc__ = f"{task.summary}\n\n{task.description}".strip()
+    if task.Response is None:
+        responses = {200: {"content": {"image/png": {}}, "description": "the answer as a PNG"}, **_ERRORS}
+        app.add_api_route(
+            task.route,
+            endpoint,
+            methods=["POST"],
+            responses=responses,
+            response_class=Response,
+            openapi_extra=_image_body(task),
+            summary=task.title,
+        )
+    else:
+        app.add_api_route(
+            task.route,
+            endpoint,
+            methods=["POST"],
+            response_model=task.Response,
+            response_model_exclude_none=True,
+            responses=_ERRORS,
+            openapi_extra=_image_body(task),
+            summary=task.title,
+        )
+
+
+for _task in all_tasks():
+    _add_route(_task)
+
+
+@app.get("/models", response_model=ModelsResponse)
+async def list_models() -> JSONResponse:
+    """Every configured model with task, input size, precision, weights' source, readiness, providers and batch
+    policy, and every endpoint with the model tasks it serves (what the page builds its menus from)."""
+    return JSONResponse(models_response(current().catalog).model_dump(mode="json"))
+
+
+# The page to try every model (`GET /`, files in service/app/static). This route wins over BentoML's own index
+# page because BentoML matches a mounted app's routes before it adds `/`. The page uses only the routes above, from
+# the same origin; the policy below keeps any text from model metadata from ever running as script.
+_STATIC = Path(__file__).parent / "static"
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@app.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(_STATIC / "index.html", headers=_PAGE_HEADERS)
+
+
+app.mount("/static", StaticFiles(directory=_STATIC), name="static")
+app.include_router(v2_router)
+routes_app = app

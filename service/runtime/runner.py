@@ -1,0 +1,174 @@
+"""Runners: one model's batches, wherever its sessions are. The request path talks to a :class:`Runner` only.
+
+* :class:`LocalRunner` — the sessions are in this process (one tier; the model tier of two; the batch scorer's
+  ``--workers``). A batcher forms the runs, and the runs go to a few long-lived threads of this model (as many
+  as may be in flight): onnxruntime releases the GIL, and its CUDA provider keeps per-thread state (streams,
+  cuDNN/cuBLAS handles) that a fresh thread would pay for again.
+* :class:`RemoteRunner` — an API worker of the two-tier service: its batcher groups this worker's concurrent
+  requests into one call to the model tier, which batches the calls of every worker into onnxruntime runs
+  (:func:`answer_call` is that side). Pixels travel as uint8, pickled with out-of-band buffers.
+
+A new engine (Triton over gRPC, a Ray actor, another accelerator's runtime) is one more class with these three
+methods; nothing above it changes (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ModelNotFound, ServeError
+from .batching import ModelBatcher
+from .model import ModelInfo, OnnxModel
+
+__all__ = ["Runner", "LocalRunner", "RemoteRunner", "Transport", "answer_call", "pack_call"]
+
+logger = logging.getLogger("cnnserve.runtime")
+
+Observe = Callable[[int, float], None]  # (images in the run, seconds) → metrics
+
+
+class Runner(Protocol):
+    """What the service needs of a model: its description and two ways to run it."""
+
+    info: ModelInfo
+
+    async def infer(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
+        """Preprocessed images ``[n, C, H, W]`` (uint8) + scalar graph inputs → their rows of every output."""
+        ...
+
+    async def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph as exported (``/v2``): the named outputs for a feed of graph inputs."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """A model whose sessions live in this process."""
+
+    def __init__(self, model: OnnxModel, *, max_inflight: int = 1, observe: Observe | None = None) -> None:
+        self.model = model
+        policy = model.info.batching
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, max_inflight), thread_name_prefix=f"ort-{model.info.name}"
+        )
+        self.batcher = ModelBatcher(
+            model.info.name,
+            self._run,
+            max_batch_size=policy.max_batch_size if policy else 16,
+            max_latency_ms=policy.shed_after_ms if policy else 10_000,
+            observe=observe,
+            max_inflight=max_inflight,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info
+
+    async def _run(self, batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.model.run, batch, extra)
+
+    async def infer(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
+        self.info.require_ready()
+        return await self.batcher.infer(images, **extra)
+
+    async def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.info.require_ready()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.model.run_graph, names, feed)
+
+    def close(self) -> None:
+        self.batcher.shutdown()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --- two tiers ----------------------------------------------------------------------------------------------------
+
+
+class Transport(Protocol):
+    """How an API worker reaches the model tier: one request's bytes → the reply's bytes."""
+
+    async def call(self, method: str, payload: bytes) -> bytes: ...
+
+
+def pack_call(*parts: Any) -> bytes:
+    return pickle.dumps(parts, protocol=5)
+
+
+def _pack_error(exc: ServeError) -> bytes:
+    return pickle.dumps(("error", exc.status, exc.message), protocol=5)
+
+
+def _unpack_reply(reply: bytes) -> Any:
+    """A model-tier reply → its value, or the :class:`ServeError` it carried, raised here with the same status."""
+    kind, *rest = pickle.loads(reply)  # noqa: S301 - our own model-tier process, over a local socket
+    if kind == "error":
+        status, message = rest
+        raise ServeError(message, status=status)
+    return rest[0]
+
+
+async def answer_call(runners: Mapping[str, Runner], method: str, payload: bytes) -> bytes:
+    """The model tier's side of a :class:`RemoteRunner` call: unpickle, run through the local runner (whose batcher
+    merges the calls of every API worker), pickle the outputs or the error."""
+    try:
+        if method == "infer":
+            name, images, extra = pickle.loads(payload)  # noqa: S301 - only our API tier reaches this socket
+            value: Any = await _runner(runners, name).infer(images, extra)
+        elif method == "run_graph":
+            name, names, feed = pickle.loads(payload)  # noqa: S301
+            value = await _runner(runners, name).run_graph(names, feed)
+        else:
+            raise ServeError(f"unknown model-tier method {method!r}", status=500)
+    except ServeError as exc:
+        return _pack_error(exc)
+    return pickle.dumps(("ok", value), protocol=5)
+
+
+def _runner(runners: Mapping[str, Runner], name: str) -> Runner:
+    runner = runners.get(name)
+    if runner is None:
+        raise ModelNotFound(f"model {name!r} is not served by the model tier")
+    return runner
+
+
+class RemoteRunner:
+    """A model served by the model tier. This worker's batcher gathers its concurrent requests into one call (the
+    model tier forms the real batches), with a few calls in flight so the worker never idles on a round trip."""
+
+    def __init__(self, info: ModelInfo, transport: Transport, *, max_batch_size: int, max_inflight: int) -> None:
+        self.info = info
+        self._transport = transport
+        policy = info.batching
+        self.batcher = ModelBatcher(
+            info.name,
+            self._call_infer,
+            max_batch_size=max_batch_size,
+            max_latency_ms=policy.shed_after_ms if policy else 10_000,
+            max_inflight=max_inflight,
+        )
+
+    async def _call(self, method: str, *parts: Any) -> Any:
+        return _unpack_reply(await self._transport.call(method, pack_call(self.info.name, *parts)))
+
+    def _call_infer(self, batch: np.ndarray, extra: dict[str, float]) -> Awaitable[dict[str, np.ndarray]]:
+        return self._call("infer", batch, extra)
+
+    async def infer(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
+        self.info.require_ready()
+        return await self.batcher.infer(images, **extra)
+
+    async def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.info.require_ready()
+        return await self._call("run_graph", names, feed)
+
+    def close(self) -> None:
+        self.batcher.shutdown()
