@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     jpeg_draft: float = Field(1.0, ge=0, le=1)
     # One JSON line per request on the ``cnnserve.access`` logger (never the image bytes).
     access_log: bool = True
+    # The KServe v2 / Triton gRPC service (service/app/grpc_server.py), served by the API workers next to HTTP:
+    # port (Triton's 8001; 0 = no gRPC) and address to listen on.
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    grpc_host: str = "0.0.0.0"
 
     @field_validator("models", "providers", mode="before")
     @classmethod

@@ -38,7 +38,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def model_store() -> dict[str, str]:
-    """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE, U-Net) and a
+    """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE, U-Net), LeNet-5's
+    uint8-input variant (what a Triton client's own pre-processing feeds: tests/test_triton_clients.py) and a
     seeded random ResNet-18, plus a deliberately broken entry (a truncated ONNX file) to prove that one bad model
     does not stop the others."""
     from cnnserve.export import export_model
@@ -46,6 +47,7 @@ def model_store() -> dict[str, str]:
 
     tags = {
         "lenet5": export_model("lenet5", weights="demo").tag,
+        "lenet5-u8": export_model("lenet5", weights="demo", input_dtype="uint8").tag,
         "resnet18": export_model("resnet18", weights="random").tag,
         "yolov1_shapes": export_model("yolov1_shapes", weights="demo").tag,
         "cae": export_model("cae", weights="demo").tag,
@@ -81,10 +83,11 @@ def _relabelled(tag: str, name: str, labels: list[str]) -> str:
 
 
 class Server:
-    def __init__(self, url: str, process: subprocess.Popen, log: Path) -> None:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path, grpc_url: str = "") -> None:
         self.url = url
         self.process = process
         self.log = log
+        self.grpc_url = grpc_url  # host:port of its KServe v2 gRPC service ("" when off)
 
 
 def png_bytes(array: Any) -> bytes:
@@ -114,7 +117,8 @@ def start_server(env_overrides: dict[str, str], log: Path) -> Server:
     import requests
 
     port = free_port()
-    env = {**os.environ, **env_overrides}
+    # gRPC on a free port of its own: servers of one test session (and of other checkouts) never share 8001.
+    env = {**os.environ, "CNNSERVE_GRPC_PORT": str(free_port()), "CNNSERVE_GRPC_HOST": "127.0.0.1", **env_overrides}
     # Each server gets its own BENTOML_HOME sharing the session's model store: BentoML keeps its Prometheus
     # multiprocess files under BENTOML_HOME and clears them at start, so two servers on one home would wipe
     # each other's /metrics.
@@ -139,7 +143,8 @@ def start_server(env_overrides: dict[str, str], log: Path) -> Server:
             raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Server(url, process, log)
+                grpc_port = int(env["CNNSERVE_GRPC_PORT"])
+                return Server(url, process, log, f"127.0.0.1:{grpc_port}" if grpc_port else "")
         except requests.RequestException:
             pass
         time.sleep(0.5)
@@ -163,7 +168,7 @@ def server(model_store: dict[str, str]) -> Iterator[Server]:
     classifier whose labels are HTML (for the page's tests)."""
     srv = start_server(
         {
-            "CNNSERVE_MODELS": "lenet5,resnet18,yolov1_shapes,cae,unet,broken,not-exported,xss_labels",
+            "CNNSERVE_MODELS": "lenet5,lenet5-u8,resnet18,yolov1_shapes,cae,unet,broken,not-exported,xss_labels",
             "CNNSERVE_MAX_UPLOAD_MB": "2",
         },
         _SESSION_DIR / "serve.log",

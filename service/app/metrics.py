@@ -10,15 +10,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["Metrics", "STAGES"]
+__all__ = ["Metrics", "QUEUE_STAGE", "STAGES"]
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
+# Recorded where the batches run (the one-tier service, the model tier): a request's wait in its model's batcher
+# before its run started. Triton's statistics report it as `queue` (service.app.statistics).
+QUEUE_STAGE = "queue"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.requests = Counter(
             "cnnserve_requests_total", "Requests by model, route and HTTP status", ["model", "route", "status"]
@@ -35,6 +38,13 @@ class Metrics:
         self.batch_seconds = Histogram(
             "cnnserve_batch_seconds", "onnxruntime time per batch", ["model"], buckets=_LATENCY_BUCKETS
         )
+        # "max" across processes: the latest run of any worker or tier (Triton's statistics: last_inference).
+        self.last_run = Gauge(
+            "cnnserve_last_run_timestamp_seconds",
+            "Unix time at which the model's last run finished",
+            ["model"],
+            multiprocess_mode="max",
+        )
 
     @contextmanager
     def stage(self, model: str, stage: str) -> Iterator[None]:
@@ -50,5 +60,11 @@ class Metrics:
         def observe(size: int, seconds: float) -> None:
             self.batch_size.labels(model=model).observe(size)
             self.batch_seconds.labels(model=model).observe(seconds)
+            self.last_run.labels(model=model).set(time.time())
 
         return observe
+
+    def observe_queue(self, model: str) -> Callable[[float], None]:
+        """A runner's per-request callback: seconds the request waited in the batcher before its run started."""
+        histogram = self.stage_seconds.labels(model=model, stage=QUEUE_STAGE)
+        return histogram.observe

@@ -36,6 +36,7 @@ with bentoml.importing():
     from ..runtime.model import ModelInfo
     from ..runtime.runner import LocalRunner, RemoteRunner, answer_call
     from ..settings import Settings, get_settings
+    from .grpc_server import start_grpc_server
     from .http import routes_app
     from .metrics import Metrics
 
@@ -58,7 +59,10 @@ def _local_catalog(settings: Settings, metrics: Metrics) -> Catalog:
     runners = {}
     for name, model in load_served_models(settings).items():
         runners[name] = LocalRunner(
-            model, max_inflight=settings.model_inflight_limit(model.info.on_cuda), observe=metrics.observe_batch(name)
+            model,
+            max_inflight=settings.model_inflight_limit(model.info.on_cuda),
+            observe=metrics.observe_batch(name),
+            observe_queue=metrics.observe_queue(name),
         )
     return Catalog(runners)
 
@@ -156,8 +160,29 @@ class CNNServe:
         self.metrics = Metrics()
         self.two_tier = TWO_TIER
         self.catalog = Catalog() if self.two_tier else _local_catalog(self.settings, self.metrics)
+        self.grpc_server: Any = None
 
     @bentoml.on_startup
+    async def _start(self) -> None:
+        """In this order: the models (two tiers: from the model tier), then gRPC beside HTTP."""
+        await self._connect_model_tier()
+        await self._start_grpc()
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=5)
+
+    async def _start_grpc(self) -> None:
+        """The KServe v2 gRPC service on this worker's event loop (BentoML 1.4 cannot host a gRPC servicer for a
+        ``@bentoml.service``: service/app/grpc_server.py). Several API workers share the port (SO_REUSEPORT)."""
+        if not self.settings.grpc_port:
+            return
+        workers = self.settings.api_worker_count(self.two_tier)
+        self.grpc_server = await start_grpc_server(
+            self, self.settings.grpc_host, self.settings.grpc_port, reuse_port=workers > 1
+        )
+
     async def _connect_model_tier(self) -> None:
         """Two tiers: learn the models from the model tier (async: the dependency's client needs the loop)."""
         if not self.two_tier:

@@ -1,62 +1,37 @@
-"""Open Inference Protocol v2 (KServe / Triton HTTP/REST), so Triton and KServe clients talk to us unchanged.
+"""Open Inference Protocol v2 over HTTP/REST (KServe / Triton), so Triton and KServe clients talk to us unchanged.
 
-The v2 ``infer`` runs the ONNX graph as exported — the caller sends the ``images`` tensor itself (float32
-[N, C, H, W] in [0, 1]) and gets every graph output, exactly what Triton would answer for the same file. JSON
-tensors are supported and so is the binary tensor data extension (``Inference-Header-Content-Length``), which
-``tritonclient`` uses by default. Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown model or
-version) or 503 (model not ready).
+What the protocol means here — inference through the batcher, the classification extension, refused parameters,
+NaN — lives in :mod:`.oip`, shared with gRPC; this module is the wire format. JSON tensors are supported and so is
+the binary tensor data extension (``Inference-Header-Content-Length``), which ``tritonclient`` uses by default;
+request bodies may be gzip- or deflate-compressed (``Content-Encoding``) and answers are compressed when the client
+accepts it, as Triton does. Besides health, metadata and inference: the model configuration (Triton's JSON
+``ModelConfig``, from :func:`service.triton.served_config`), statistics (:mod:`.statistics`) and the repository
+index. Errors, unknown routes included, are ``{"error": "..."}`` with 400 (bad request), 404 (unknown model,
+version or route), 405, 413 or 503 (model not ready).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
-import math
-from importlib.metadata import PackageNotFoundError, version
+import zlib
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
-from ..contract import TensorInfo
-from ..errors import BadInput, ModelNotFound, ServeError
-from ..runtime.model import ModelInfo
+from ..errors import BadInput, PayloadTooLarge, ServeError
 from ..runtime.runner import Runner
-from .state import current
+from . import oip
+from .state import ServiceState, current
+from .statistics import model_statistics
 
-__all__ = ["router", "V2_DATATYPES", "ORT_TO_V2"]
+__all__ = ["router", "HEADER_LENGTH"]
 
-V2_DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-ORT_TO_V2 = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-}
 HEADER_LENGTH = "Inference-Header-Content-Length"
-MAX_ELEMENTS = 64 * 3 * 1024 * 1024  # one request's input elements: 64 images of 1024² RGB
-MODEL_VERSION = "1"
+INFER_ROUTE = "/v2/models/{name}/infer"  # the `route` label of v2 inferences in cnnserve_requests_total
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -65,26 +40,9 @@ def _error(exc: ServeError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
-def _runner(name: str, model_version: str | None = None) -> Runner:
-    runner = current().catalog.get(name)
-    if runner is None:
-        raise ModelNotFound(f"unknown model {name!r}")
-    if model_version is not None and model_version not in (MODEL_VERSION, runner.info.version):
-        raise ModelNotFound(f"model {name!r} has no version {model_version!r}; versions: {MODEL_VERSION}")
-    return runner
-
-
-def _tensor_meta(tensors: tuple[TensorInfo, ...]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "datatype": ORT_TO_V2.get(t.type, t.type), "shape": list(t.dims)} for t in tensors]
-
-
 @router.get("")
 async def server_metadata() -> JSONResponse:
-    try:
-        server_version = version("cnnserve")
-    except PackageNotFoundError:
-        server_version = "unknown"
-    return JSONResponse({"name": "cnnserve", "version": server_version, "extensions": ["binary_tensor_data"]})
+    return JSONResponse({"name": "cnnserve", "version": oip.server_version(), "extensions": list(oip.EXTENSIONS)})
 
 
 @router.get("/health/live")
@@ -100,97 +58,196 @@ async def server_ready() -> Response:
     return JSONResponse({"error": "no model is ready; see GET /models"}, status_code=503)
 
 
-async def _metadata(name: str, model_version: str | None) -> JSONResponse:
+# --- statistics and repository (before /models/{name}, which would take "stats" for a model name) ------------------
+
+
+@router.get("/models/stats")
+async def all_statistics() -> JSONResponse:
+    """Triton's statistics of every ready model (success / fail counts, inference and execution counts, cumulative
+    queue and compute times), from the service's stage timings across all its processes."""
+    return JSONResponse(model_statistics(current().catalog))
+
+
+async def _statistics(name: str, model_version: str | None) -> JSONResponse:
     try:
-        info = _runner(name, model_version).info
-        contract = info.require_ready()
+        runner = oip.find_runner(current().catalog, name, model_version)
+        runner.info.require_ready()
+        return JSONResponse(model_statistics(current().catalog, [name]))
     except ServeError as exc:
         return _error(exc)
-    return JSONResponse(
-        {
-            "name": info.name,
-            "versions": [MODEL_VERSION],
-            "platform": "onnxruntime_onnx",
-            "inputs": _tensor_meta(info.inputs),
-            "outputs": _tensor_meta(info.outputs),
-            "parameters": {"task": info.task, "precision": contract.precision, "source": contract.weights},
-        }
-    )
+
+
+@router.post("/repository/index")
+async def repository_index(request: Request) -> JSONResponse:
+    """Every configured model with its state (``READY`` / ``UNAVAILABLE`` and why); ``{"ready": true}`` lists the
+    ready ones only. Models are loaded at start (``CNNSERVE_MODELS``): the repository cannot load or unload."""
+    try:
+        body = await _read_body(request)
+        options = json.loads(body) if body.strip() else {}
+        if not isinstance(options, dict):
+            raise BadInput('the request must be a JSON object such as {"ready": true}')
+        ready = options.get("ready", False)
+        if not isinstance(ready, bool):
+            raise BadInput('"ready" must be true or false')
+    except ServeError as exc:
+        return _error(exc)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(BadInput("the request is not valid JSON"))
+    return JSONResponse(oip.repository_index(current().catalog, ready_only=ready))
+
+
+# --- one model ------------------------------------------------------------------------------------------------------
+
+
+async def _metadata(name: str, model_version: str | None) -> JSONResponse:
+    try:
+        return JSONResponse(oip.model_metadata(oip.find_runner(current().catalog, name, model_version)))
+    except ServeError as exc:
+        return _error(exc)
 
 
 async def _ready(name: str, model_version: str | None) -> Response:
     try:
-        _runner(name, model_version).info.require_ready()
+        oip.find_runner(current().catalog, name, model_version).info.require_ready()
     except ServeError as exc:
         return _error(exc)
     return Response(status_code=200)
 
 
-def _decode_inputs(header: dict[str, Any], binary: bytes, info: ModelInfo) -> dict[str, np.ndarray]:
-    contract = info.require_ready()
-    graph_inputs = {i.name: i for i in info.inputs}
+async def _config(name: str, model_version: str | None) -> JSONResponse:
+    service = current()
+    try:
+        return JSONResponse(oip.model_config(service.settings, oip.find_runner(service.catalog, name, model_version)))
+    except ServeError as exc:
+        return _error(exc)
+
+
+# --- inference ------------------------------------------------------------------------------------------------------
+
+
+def _inflate(body: bytes, encoding: str) -> bytes:
+    """gzip / deflate (zlib or raw) request bodies, as tritonclient's ``request_compression_algorithm`` sends."""
+    if encoding == "gzip":
+        attempts = [16 + zlib.MAX_WBITS]
+    elif encoding == "deflate":
+        attempts = [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # "deflate" is zlib-wrapped; some clients send it raw
+    else:
+        raise BadInput(f"unsupported Content-Encoding {encoding!r}; send gzip, deflate or an uncompressed body")
+    for wbits in attempts:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            data = inflater.decompress(body, oip.MAX_MESSAGE_BYTES)
+        except zlib.error:
+            continue
+        if inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"the request inflates to more than {oip.MAX_MESSAGE_BYTES // 2**20} MB")
+        if not inflater.eof:
+            raise BadInput(f"the {encoding} body is truncated")
+        return data
+    raise BadInput(f"the body is not valid {encoding} data")
+
+
+async def _read_body(request: Request) -> bytes:
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    return body if encoding in ("", "identity") else _inflate(body, encoding)
+
+
+def _array(item: dict[str, Any], name: str, datatype: str, dtype: np.dtype, shape: list[int], binary: bytes,
+           offset: int) -> tuple[np.ndarray, int]:  # fmt: skip
+    """One input's values: from the binary section (``binary_data_size``) or from JSON ``data``."""
+    count = int(np.prod(shape, dtype=np.int64))
+    size = item["parameters"].get("binary_data_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize:
+            raise BadInput(f"input {name!r}: binary_data_size does not match its shape and datatype")
+        if offset + size > len(binary):
+            raise BadInput(f"input {name!r}: the body holds fewer bytes than its binary_data_size")
+        return np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape), offset + size
+    if "data" not in item:
+        raise BadInput(f"input {name!r} has no data")
+    try:
+        array = np.asarray(item["data"], dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise BadInput(f"input {name!r}: data is not a list of {datatype} values") from None
+    if array.size != count:
+        raise BadInput(f"input {name!r}: {array.size} values for shape {shape}")
+    return array.reshape(shape), offset
+
+
+def _decode(runner: Runner, header: dict[str, Any], binary: bytes) -> dict[str, np.ndarray]:
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadInput('"inputs" must be a non-empty list of tensors')
     feed: dict[str, np.ndarray] = {}
-    offset = 0
-    total = 0
+    offset = total = 0
     for item in raw_inputs:
         if not isinstance(item, dict):
             raise BadInput("each input must be an object with name, shape, datatype and data")
-        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
-        if name not in graph_inputs:
-            raise BadInput(f"unknown input {name!r}; model {info.name!r} takes {', '.join(graph_inputs)}")
-        if datatype not in V2_DATATYPES:
-            raise BadInput(f"input {name!r}: unknown datatype {datatype!r}")
-        expected_type = ORT_TO_V2.get(graph_inputs[name].type)
-        if datatype != expected_type:
-            raise BadInput(f"input {name!r} must be {expected_type}, got {datatype}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise BadInput(f"input {name!r}: shape must be a list of non-negative integers")
-        expected_shape = list(graph_inputs[name].dims)
-        if len(shape) != len(expected_shape) or any(
-            e not in (-1, d) for e, d in zip(expected_shape, shape, strict=True)
-        ):
-            raise BadInput(f"input {name!r}: shape {shape} does not fit the model's {expected_shape}")
-        count = math.prod(shape)
-        total += count
-        if total > MAX_ELEMENTS:
-            raise BadInput(f"the request holds more than {MAX_ELEMENTS:,} input elements; send smaller batches")
-        dtype = V2_DATATYPES[datatype]
-        size = (item.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
-                raise BadInput(f"input {name!r}: binary_data_size does not match its shape and datatype")
-            array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
-            offset += size
+        name, datatype = item.get("name"), item.get("datatype")
+        item = {
+            **item,
+            "parameters": oip.check_parameters(item.get("parameters"), ("binary_data_size",), f"input {name!r}"),
+        }
+        dtype, shape = oip.check_input(runner, name, datatype, item.get("shape"))
+        total = oip.count_elements(shape, total)
+        feed[name], offset = _array(item, name, datatype, dtype, shape, binary, offset)
+    return oip.complete_feed(runner, feed)
+
+
+def _requested(header: dict[str, Any], default_binary: bool) -> list[oip.Requested] | None:
+    outputs = header.get("outputs")
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list) or any(not isinstance(o, dict) for o in outputs):
+        raise BadInput('"outputs" must be a list of objects with a name')
+    requested = []
+    for item in outputs:
+        name = item.get("name")
+        params = oip.check_parameters(item.get("parameters"), ("binary_data", "classification"), f"output {name!r}")
+        requested.append(
+            oip.Requested(name, params.get("classification", 0), bool(params.get("binary_data", default_binary)))
+        )
+    return requested
+
+
+def _encode(header: dict[str, Any], runner: Runner, outputs: list[oip.Output], requested: list[oip.Requested]
+            ) -> tuple[bytes, bytes]:  # fmt: skip
+    """The answer's JSON header and its binary section."""
+    entries, chunks = [], []
+    for item, output in zip(requested, outputs, strict=True):
+        entry: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": list(output.data.shape)}
+        if item.binary:
+            raw = oip.serialize_bytes(output.data) if output.datatype == "BYTES" else output.data.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif output.datatype == "BYTES":
+            entry["data"] = [value.decode() for value in output.data.reshape(-1)]
         else:
-            if "data" not in item:
-                raise BadInput(f"input {name!r} has no data")
-            try:
-                array = np.asarray(item["data"], dtype=dtype)
-            except (TypeError, ValueError):
-                raise BadInput(f"input {name!r}: data is not a list of {datatype} values") from None
-            if array.size != count:
-                raise BadInput(f"input {name!r}: {array.size} values for shape {shape}")
-            array = array.reshape(shape)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise BadInput(f"input {name!r} holds NaN or infinite values")
-        feed[name] = array
-    missing = [n for n in graph_inputs if n not in feed and n not in contract.extra_inputs]
-    if missing:
-        raise BadInput(f"missing input(s): {', '.join(missing)}")
-    for name, default in contract.extra_inputs.items():
-        feed.setdefault(name, np.asarray(default, dtype=np.float32))
-    return feed
+            entry["data"] = output.data.reshape(-1).tolist()
+        entries.append(entry)
+    answer: dict[str, Any] = {"model_name": runner.info.name, "model_version": oip.MODEL_VERSION, "outputs": entries}
+    if "id" in header:
+        answer["id"] = header["id"]
+    return json.dumps(answer, allow_nan=False).encode(), b"".join(chunks)
 
 
-async def _infer(name: str, model_version: str | None, request: Request) -> Response:
-    try:
-        runner = _runner(name, model_version)
-        info = runner.info
-        info.require_ready()
-        body = await request.body()
+def _compressed(request: Request, payload: bytes, headers: dict[str, str], media_type: str) -> Response:
+    """The answer, gzip- or deflate-compressed when the client accepts it (tritonclient's
+    ``response_compression_algorithm``)."""
+    accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("accept-encoding", "").split(",")}
+    if "gzip" in accepted:
+        payload, headers = gzip.compress(payload, compresslevel=1), {**headers, "Content-Encoding": "gzip"}
+    elif "deflate" in accepted:
+        payload, headers = zlib.compress(payload, 1), {**headers, "Content-Encoding": "deflate"}
+    return Response(payload, media_type=media_type, headers=headers)
+
+
+async def _answer(service: ServiceState, runner: Runner, request: Request) -> Response:
+    name = runner.info.name
+    metrics = service.metrics
+    with metrics.stage(name, "decode"):
+        body = await _read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
             if not header_length.isdigit() or int(header_length) > len(body):
@@ -204,50 +261,46 @@ async def _infer(name: str, model_version: str | None, request: Request) -> Resp
             raise BadInput("the inference request is not valid JSON") from None
         if not isinstance(header, dict):
             raise BadInput("the inference request must be a JSON object")
-        feed = _decode_inputs(header, binary, info)
-        names = info.output_names
-        requested = header.get("outputs") or [{"name": n} for n in names]
-        if not isinstance(requested, list) or any(
-            not isinstance(o, dict) or o.get("name") not in names for o in requested
-        ):
-            raise BadInput(f"outputs must name graph outputs: {', '.join(names)}")
-        results = await runner.run_graph([o["name"] for o in requested], feed)
+        parameters = oip.check_parameters(header.get("parameters"), ("binary_data_output",), "the request")
+        binary_default = bool(parameters.get("binary_data_output", False))
+        requested = oip.requested_outputs(runner, _requested(header, binary_default), binary=binary_default)
+        feed = _decode(runner, header, binary)
+    with metrics.stage(name, "inference"):
+        outputs = await oip.infer(runner, feed, requested)
+    with metrics.stage(name, "postprocess"):
+        payload, binary_out = _encode(header, runner, outputs, requested)
+        if not binary_out:
+            return _compressed(request, payload, {}, "application/json")
+        return _compressed(
+            request, payload + binary_out, {HEADER_LENGTH: str(len(payload))}, "application/octet-stream"
+        )
+
+
+async def _infer(name: str, model_version: str | None, request: Request) -> Response:
+    service = current()
+    label = "-"
+    try:
+        runner = oip.find_runner(service.catalog, name, model_version)
+        label = runner.info.name
+        runner.info.require_ready()
+        response = await _answer(service, runner, request)
     except ServeError as exc:
-        return _error(exc)
-
-    default_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
-    outputs, chunks = [], []
-    for spec, value in zip(requested, results, strict=True):
-        value = np.ascontiguousarray(value)
-        entry: dict[str, Any] = {
-            "name": spec["name"],
-            "datatype": ORT_TO_V2.get(f"tensor({_ort_name(value.dtype)})", "FP32"),
-            "shape": list(value.shape),
-        }
-        if (spec.get("parameters") or {}).get("binary_data", default_binary):
-            raw = value.tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = value.reshape(-1).tolist()
-        outputs.append(entry)
-    answer = {"model_name": info.name, "model_version": MODEL_VERSION, "outputs": outputs}
-    if "id" in header:
-        answer["id"] = header["id"]
-    if "parameters" in header:
-        answer["parameters"] = header["parameters"]
-    payload = json.dumps(answer, allow_nan=False).encode()
-    if not chunks:
-        return Response(payload, media_type="application/json")
-    return Response(
-        payload + b"".join(chunks),
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(payload))},
-    )
+        response = _error(exc)
+    service.metrics.requests.labels(model=label, route=INFER_ROUTE, status=str(response.status_code)).inc()
+    return response
 
 
-def _ort_name(dtype: np.dtype) -> str:
-    return {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}.get(np.dtype(dtype), np.dtype(dtype).name)
+# --- routes ---------------------------------------------------------------------------------------------------------
+
+
+@router.get("/models/{name}/stats")
+async def model_statistics_route(name: str) -> JSONResponse:
+    return await _statistics(name, None)
+
+
+@router.get("/models/{name}/versions/{model_version}/stats")
+async def model_version_statistics(name: str, model_version: str) -> JSONResponse:
+    return await _statistics(name, model_version)
 
 
 @router.get("/models/{name}")
@@ -258,6 +311,18 @@ async def model_metadata(name: str) -> JSONResponse:
 @router.get("/models/{name}/versions/{model_version}")
 async def model_version_metadata(name: str, model_version: str) -> JSONResponse:
     return await _metadata(name, model_version)
+
+
+@router.get("/models/{name}/config")
+async def model_configuration(name: str) -> JSONResponse:
+    """Triton's model configuration (JSON ``ModelConfig``): the same content ``cnnserve export-repo`` writes as
+    ``config.pbtxt``, with this service's batch limit as ``max_batch_size``."""
+    return await _config(name, None)
+
+
+@router.get("/models/{name}/versions/{model_version}/config")
+async def model_version_configuration(name: str, model_version: str) -> JSONResponse:
+    return await _config(name, model_version)
 
 
 @router.get("/models/{name}/ready")
@@ -278,3 +343,26 @@ async def infer(name: str, request: Request) -> Response:
 @router.post("/models/{name}/versions/{model_version}/infer")
 async def infer_version(name: str, model_version: str, request: Request) -> Response:
     return await _infer(name, model_version, request)
+
+
+@router.api_route(
+    "/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"], include_in_schema=False
+)
+async def unknown_route(path: str, request: Request) -> JSONResponse:
+    """Anything else under /v2: 405 when the path exists with other methods, else 404 — JSON like every error."""
+    allowed = sorted(
+        method
+        for route in router.routes
+        if route.endpoint is not unknown_route and route.matches(request.scope)[0] == Match.PARTIAL
+        for method in getattr(route, "methods", ())
+    )
+    if allowed:
+        return JSONResponse(
+            {"error": f"{request.method} is not allowed on /v2/{path}; use {', '.join(allowed)}"},
+            status_code=405,
+            headers={"Allow": ", ".join(allowed)},
+        )
+    return JSONResponse(
+        {"error": f"no such route: {request.method} /v2/{path} (the Open Inference Protocol routes are under /v2)"},
+        status_code=404,
+    )

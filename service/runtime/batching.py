@@ -60,6 +60,7 @@ class ModelBatcher:
         max_latency_ms: int,
         observe: Callable[[int, float], None] | None = None,
         max_inflight: int = 1,
+        observe_queue: Callable[[float], None] | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -67,6 +68,7 @@ class ModelBatcher:
         self.max_latency = max_latency_ms / 1000.0
         self.max_inflight = max(1, max_inflight)
         self._observe = observe  # (batch size, seconds) of each run, for metrics
+        self._observe_queue = observe_queue  # each job's wait before its run started, for metrics
         self._queue: collections.deque[_Job] = collections.deque()
         self._inflight = 0
         self._tasks: set[asyncio.Task] = set()
@@ -118,6 +120,10 @@ class ModelBatcher:
             parts = [job.images for job in jobs]
             batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
             rows = len(batch)
+            if self._observe_queue is not None:
+                now = time.monotonic()
+                for job in jobs:
+                    self._observe_queue(now - job.enqueued)
             start = time.perf_counter()
             try:
                 outputs = await self._run(batch, jobs[0].extra)

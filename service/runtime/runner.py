@@ -40,7 +40,9 @@ class Runner(Protocol):
     info: ModelInfo
 
     async def infer(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
-        """Preprocessed images ``[n, C, H, W]`` (uint8) + scalar graph inputs → their rows of every output."""
+        """Images ``[n, C, H, W]`` + scalar graph inputs → their rows of every output, batched with concurrent
+        requests. Pixels are uint8 (0–255, the routes' preprocessed images) or the graph's own input tensor
+        (``/v2``: float32 in [0, 1], or uint8 for a uint8-input file); ``OnnxModel.feed_for`` converts."""
         ...
 
     async def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -53,7 +55,14 @@ class Runner(Protocol):
 class LocalRunner:
     """A model whose sessions live in this process."""
 
-    def __init__(self, model: OnnxModel, *, max_inflight: int = 1, observe: Observe | None = None) -> None:
+    def __init__(
+        self,
+        model: OnnxModel,
+        *,
+        max_inflight: int = 1,
+        observe: Observe | None = None,
+        observe_queue: Callable[[float], None] | None = None,
+    ) -> None:
         self.model = model
         policy = model.info.batching
         self._executor = ThreadPoolExecutor(
@@ -66,6 +75,7 @@ class LocalRunner:
             max_latency_ms=policy.shed_after_ms if policy else 10_000,
             observe=observe,
             max_inflight=max_inflight,
+            observe_queue=observe_queue,
         )
 
     @property
