@@ -59,6 +59,10 @@ _CONTENTS = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
+# perf_analyzer's gRPC client sends this one; every answer here is a single, final response (no decoupled models),
+# so it only marks that response final in a stream (``triton_final_response``), as Triton does.
+_FINAL_RESPONSE = "triton_enable_empty_final_response"
+_REQUEST_PARAMETERS = (_FINAL_RESPONSE,)
 _UNIMPLEMENTED = (
     "RepositoryModelLoad",
     "RepositoryModelUnload",
@@ -158,7 +162,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             label = runner.info.name
             runner.info.require_ready()
             with service.metrics.stage(label, "decode"):
-                oip.check_parameters(_parameters(request.parameters), (), "the request")
+                oip.check_parameters(_parameters(request.parameters), _REQUEST_PARAMETERS, "the request")
                 feed = _decode(runner, request)
                 requested = oip.requested_outputs(runner, _requested(request))
             with service.metrics.stage(label, "inference"):
@@ -187,7 +191,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: service_pb2.ModelInferRequest) -> None:
             try:
-                response = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
+                answer = await self._infer(request)
+                if _parameters(request.parameters).get(_FINAL_RESPONSE):
+                    answer.parameters["triton_final_response"].bool_param = True
+                response = service_pb2.ModelStreamInferResponse(infer_response=answer)
             except ServeError as exc:
                 response = service_pb2.ModelStreamInferResponse(error_message=exc.message)
             except Exception:

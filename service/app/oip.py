@@ -178,10 +178,15 @@ def check_parameters(parameters: Any, implemented: Sequence[str], where: str) ->
         return {}
     if not isinstance(parameters, Mapping):
         raise BadInput(f"{where}: parameters must be an object")
-    for key in parameters:
-        if key not in implemented:
-            known = ", ".join(implemented) or "none"
-            raise BadInput(f"{where}: parameter {key!r} is not implemented by this server (implemented here: {known})")
+    unknown = sorted(str(key) for key in parameters if key not in implemented)
+    if unknown:
+        known = ", ".join(implemented) or "none"
+        names = ", ".join(repr(key) for key in unknown)
+        verb = "is" if len(unknown) == 1 else "are"
+        raise BadInput(
+            f"{where}: parameter{'s' if len(unknown) > 1 else ''} {names} {verb} not implemented by this server "
+            f"(implemented here: {known})"
+        )
     return dict(parameters)
 
 

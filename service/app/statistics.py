@@ -11,16 +11,19 @@ Triton's field            from
 ``success`` / ``fail``    ``cnnserve_requests_total``: 2xx answers / the others; ``success.ns`` is the time of every
                           request's stages (``cnnserve_stage_seconds``), ``fail.ns`` is not kept (0)
 ``queue``                 stage ``queue``: a request's wait in the batcher of the process that runs the model
-``compute_input``         stages ``decode`` + ``preprocess`` (images; for v2 and gRPC: reading the tensors)
-``compute_infer``         stage ``inference`` (runner call, batching wait included) minus ``queue``
-``compute_output``        stage ``postprocess`` (the answer)
+``compute_input``         time of stages ``decode`` + ``preprocess`` (images; for v2 and gRPC: reading the tensors)
+``compute_infer``         time of stage ``inference`` (runner call, batching wait included) minus ``queue``
+``compute_output``        time of stage ``postprocess`` (the answer)
 ``inference_count``       images run (``cnnserve_batch_size`` sum); ``execution_count``: runs (its count)
 ``last_inference``        ``cnnserve_last_run_timestamp_seconds``, in ms
 ========================  ===========================================================================================
 
-No response cache here: ``cache_hit`` / ``cache_miss`` are zero; ``batch_stats`` (per exact batch size) is not kept
-(the batch-size histogram has power-of-two buckets), so it is empty. Every count and ns is an integer: Triton's
-clients (perf_analyzer) read them as unsigned 64-bit integers.
+The three compute counts are one count, the requests that reached the model (stage ``inference``), as in Triton,
+where a request's compute phases are counted together when it completes: perf_analyzer refuses statistics whose
+compute counts differ, and stages observed one after the other would differ while a request is in flight or after
+one failed in decoding. No response cache here: ``cache_hit`` / ``cache_miss`` are zero. ``batch_stats`` (per exact
+batch size) is not kept (the batch-size histogram has power-of-two buckets), so it is empty. Every count and ns is
+an integer: Triton's clients (perf_analyzer) read them as unsigned 64-bit integers.
 """
 
 from __future__ import annotations
@@ -96,9 +99,9 @@ def _model(name: str, values: dict[tuple, float]) -> dict[str, Any]:
             "success": _duration(values.get(("cnnserve_requests_total", "ok"), 0.0), stages_seconds),
             "fail": _duration(values.get(("cnnserve_requests_total", "fail"), 0.0), 0.0),
             "queue": _duration(*queue),
-            "compute_input": _duration(decode[0], decode[1] + preprocess[1]),
+            "compute_input": _duration(inference[0], decode[1] + preprocess[1]),
             "compute_infer": _duration(inference[0], inference[1] - queue[1]),
-            "compute_output": _duration(*postprocess),
+            "compute_output": _duration(inference[0], postprocess[1]),
             "cache_hit": dict(zero),
             "cache_miss": dict(zero),
         },
