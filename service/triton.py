@@ -56,10 +56,10 @@ def _data_type(tensor: TensorInfo) -> str:
     return TRITON_DTYPES[tensor.type]
 
 
-def _tensor(tensor: TensorInfo, batched: bool) -> dict[str, Any]:
+def _tensor(tensor: TensorInfo, batched: bool, *, is_input: bool) -> dict[str, Any]:
     dims = list(tensor.dims[1:] if batched else tensor.dims)
     entry: dict[str, Any] = {"name": tensor.name, "data_type": _data_type(tensor)}
-    if len(tensor.dims) == 4:
+    if is_input and len(tensor.dims) == 4:
         entry["format"] = "FORMAT_NCHW"
     if dims:
         entry["dims"] = dims
@@ -89,11 +89,11 @@ def model_config(
         "backend": "onnxruntime",
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": max_batch_size if batched else 0,
-        "input": [_tensor(t, batched) for t in inputs],
+        "input": [_tensor(t, batched, is_input=True) for t in inputs],
         "output": [],
     }
     for tensor in outputs:
-        entry = _tensor(tensor, batched)
+        entry = _tensor(tensor, batched, is_input=False)
         if tensor.name == label_output:
             entry["label_filename"] = LABELS_FILE
         config["output"].append(entry)

@@ -56,6 +56,8 @@ def test_deployments_probe_health_and_expose_metrics() -> None:
         container = _container(deployment)
         port = next(p for p in container["ports"] if p["name"] == "http")
         assert port["containerPort"] == 3000  # BentoML's serving port in the image
+        grpc = next(p for p in container["ports"] if p["name"] == "grpc")
+        assert grpc["containerPort"] == Settings().grpc_port == 8001  # the gRPC service's default, Triton's
         assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
@@ -84,7 +86,10 @@ def test_service_selects_both_deployments() -> None:
     selector = service["spec"]["selector"].items()
     for name in ("cnnserve", "cnnserve-gpu"):
         assert selector <= objects[("Deployment", name)]["spec"]["template"]["metadata"]["labels"].items()
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["http"]["targetPort"] == "http"
+    assert ports["grpc"]["targetPort"] == "grpc" and ports["grpc"]["port"] == 8001
+    assert objects[("ConfigMap", "cnnserve-config")]["data"]["CNNSERVE_GRPC_PORT"] == "8001"
 
 
 def test_settings_are_real_and_valid() -> None:
@@ -169,6 +174,11 @@ def test_config_matches_the_onnx_file(model_repo: Path, name: str) -> None:
     batched = config.max_batch_size > 0
     assert _config_tensors(config.input, batched) == onnx_inputs
     assert _config_tensors(config.output, batched) == onnx_outputs
+    # image inputs say their layout (Triton's image_client.py refuses one without), scalars do not
+    for tensor in config.input:
+        rank = len(tensor.dims) + (1 if batched else 0)
+        expected = model_config_pb2.ModelInput.FORMAT_NCHW if rank == 4 else model_config_pb2.ModelInput.FORMAT_NONE
+        assert tensor.format == expected, (name, tensor.name)
     every = onnx_inputs + onnx_outputs
     if all(dims and dims[0] == -1 for _, _, dims in every):  # batchable by Triton: batching on, batch axis implied
         assert config.max_batch_size == 16 and config.HasField("dynamic_batching")
@@ -185,6 +195,28 @@ def test_classifier_labels_follow_the_spec(model_repo: Path) -> None:
     labels = json.loads(meta["cnnserve.spec"])["labels"]
     assert (model_repo / "lenet5" / "labels.txt").read_text().splitlines() == labels
     assert 'label_filename: "labels.txt"' in (model_repo / "lenet5" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("name", ["lenet5", "yolov1_shapes"])
+def test_served_config_is_the_exported_one(model_repo: Path, server, name: str) -> None:
+    """GET /v2/models/{name}/config and config.pbtxt come from one function: the same tensors and labels; only what
+    is the serving's own differs (the served batch limit, no added queue delay, the instances it runs)."""
+    import requests
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    exported = text_format.Parse((model_repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    served = json_format.ParseDict(
+        requests.get(f"{server.url}/v2/models/{name}/config", timeout=10).json(), model_config_pb2.ModelConfig()
+    )
+    assert served.input == exported.input and served.output == exported.output
+    assert served.name == exported.name and served.platform == exported.platform
+    limit = {m["name"]: m for m in requests.get(f"{server.url}/models", timeout=10).json()["models"]}[name]
+    assert served.max_batch_size == (limit["batching"]["max_batch_size"] if exported.max_batch_size else 0)
+    assert served.HasField("dynamic_batching") == exported.HasField("dynamic_batching")
+    if served.HasField("dynamic_batching"):
+        assert served.dynamic_batching.max_queue_delay_microseconds == 0
+    assert [g.kind for g in served.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
 
 
 def test_export_repo_refuses_a_broken_or_unknown_model(model_store: dict[str, str], tmp_path: Path) -> None:

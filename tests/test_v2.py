@@ -143,7 +143,8 @@ def test_classification_extension(triton: Triton, binary: bool) -> None:
     classes = triton.infer("lenet5", batch, binary=binary, k=3).as_numpy("probabilities")
     assert classes.dtype == np.object_ and classes.shape == (4, 3)
     for row, ranked in zip(probs, classes, strict=True):
-        fields = [item.decode().split(":") for item in ranked]
+        # binary tensors arrive as bytes, JSON ones as str (tritonclient reads Triton's answers the same way)
+        fields = [(item.decode() if isinstance(item, bytes) else item).split(":") for item in ranked]
         assert [int(f[1]) for f in fields] == list(np.argsort(-row)[:3])
         assert [f[2] for f in fields] == [str(int(f[1])) for f in fields]  # LeNet-5's labels are the digits
         np.testing.assert_allclose([float(f[0]) for f in fields], np.sort(row)[::-1][:3], atol=1e-6)
@@ -457,3 +458,34 @@ def _new_client(triton: Triton, server) -> Any:
     if triton.protocol == "http":
         return triton_http.InferenceServerClient(server.url.removeprefix("http://"))
     return triton_grpc.InferenceServerClient(server.grpc_url)
+
+
+def test_grpc_stream_answers_every_request(server) -> None:
+    """ModelStreamInfer (image_client.py --streaming, perf_analyzer --streaming): one answer per request, by id;
+    a bad request gets an error on the stream and the others still get theirs."""
+    import queue
+
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    _, batch = _digits(3)
+    try:
+        for index in range(3):
+            tensor = triton_grpc.InferInput("images", [1, 1, 32, 32], "FP32")
+            tensor.set_data_from_numpy(batch[index : index + 1])
+            client.async_stream_infer("lenet5", [tensor], request_id=str(index))
+        bad = triton_grpc.InferInput("images", [1, 1, 32, 31], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 1, 32, 31), dtype=np.float32))
+        client.async_stream_infer("lenet5", [bad], request_id="bad")
+        results = [answers.get(timeout=30) for _ in range(4)]
+    finally:
+        client.stop_stream()
+    errors = [error for _, error in results if error is not None]
+    assert len(errors) == 1 and "does not fit" in errors[0].message()
+    by_id = {result.get_response().id: result.as_numpy("probabilities") for result, error in results if error is None}
+    assert sorted(by_id) == ["0", "1", "2"]
+    expected = triton_grpc.InferenceServerClient(server.grpc_url)
+    for index in range(3):
+        tensor = triton_grpc.InferInput("images", [1, 1, 32, 32], "FP32")
+        tensor.set_data_from_numpy(batch[index : index + 1])
+        np.testing.assert_allclose(by_id[str(index)], expected.infer("lenet5", [tensor]).as_numpy("probabilities"))
