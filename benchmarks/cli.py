@@ -1,5 +1,5 @@
-"""``cnnserve bench``: the benchmark commands (suite, http, serve, runtime), kept with the benchmarks outside the
-product package; ``cnnserve.cli`` adds them when it runs from a source checkout."""
+"""``cnnserve bench``: the benchmark commands (suite, http, serve, triton, runtime), kept with the benchmarks outside
+the product package; ``cnnserve.cli`` adds them when it runs from a source checkout."""
 
 from __future__ import annotations
 
@@ -177,6 +177,38 @@ def bench_serve(
             peer_workers=peer_workers,
             raw_batches=_csv_ints(raw_batches),
             client_processes=client_processes,
+            output=output,
+            log=typer.echo,
+        )
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"results written to {output}")
+
+
+@bench_app.command("triton")
+def bench_triton(
+    model: Annotated[str, typer.Option(help="classifier to export with uint8 input and serve")] = "lenet5",
+    levels: Annotated[str, typer.Option(help="perf_analyzer concurrencies")] = "1,8",
+    protocols: Annotated[str, typer.Option(help="http, grpc or both")] = "http,grpc",
+    interval_ms: Annotated[int, typer.Option(min=500, help="perf_analyzer's measurement window")] = 5000,
+    venv: Annotated[Path | None, typer.Option(help="perf_analyzer's own venv (made on first use)")] = None,
+    output: Annotated[Path, typer.Option(help="results JSON (RESULTS.md next to it)")] = Path(
+        "benchmarks/triton/results.json"
+    ),
+) -> None:
+    """Triton's perf_analyzer against the service's /v2 (HTTP) and gRPC: one classifier, a few concurrencies."""
+    from .triton import DEFAULT_VENV, triton_benchmark
+
+    chosen = tuple(p.strip() for p in protocols.split(",") if p.strip())
+    if not chosen or set(chosen) - {"http", "grpc"}:
+        raise _fail(f"--protocols takes http, grpc or both, got {protocols!r}")
+    try:
+        triton_benchmark(
+            model=model,
+            levels=_csv_ints(levels),
+            protocols=chosen,
+            interval_ms=interval_ms,
+            venv=venv or DEFAULT_VENV,
             output=output,
             log=typer.echo,
         )

@@ -54,7 +54,7 @@ def bento(model_store: dict[str, str]):
 def test_bento_packs_the_chosen_models_and_serving_requirements_only(bento, model_store: dict[str, str]) -> None:
     assert [str(m.tag) for m in bento.info.models] == [model_store["lenet5"]]
     requirements = _names((Path(bento.path) / "env" / "python" / "requirements.txt").read_text())
-    assert {"onnxruntime-gpu", "bentoml", "pillow", "numpy", "pydantic"} <= requirements
+    assert {"onnxruntime-gpu", "bentoml", "pillow", "numpy", "pydantic", "tritonclient"} <= requirements
     assert not requirements & TRAINING_ONLY
     sources = {p.relative_to(Path(bento.path) / "src").parts[0] for p in (Path(bento.path) / "src").rglob("*.py")}
     assert sources == {"cnnserve", "service"}  # no models/, export/ (torch) or tests/ in the serving code
@@ -69,6 +69,21 @@ def test_bento_dockerfile_serves_on_3000_and_adds_cuda_libraries(bento) -> None:
     script = re.search(r"RUN chmod \+x (\./env/docker/script__\w+) && \1", dockerfile).group(1)
     body = (Path(bento.path) / script).read_text()
     assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in body and "ldconfig" in body
+
+
+def _check_grpc(address: str) -> None:
+    """The served bento's gRPC service answers the stock client: ready, and the top class of a digit."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    assert client.is_server_ready() and client.is_model_ready("lenet5")
+    split = digits_split()
+    pixels = np.repeat(np.repeat(split.test_images[:1].astype(np.float32) / 255.0, 4, axis=1), 4, axis=2)
+    tensor = grpcclient.InferInput("images", [1, 1, 32, 32], "FP32")
+    tensor.set_data_from_numpy(pixels[:, None])
+    result = client.infer("lenet5", [tensor], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=1)])
+    assert result.as_numpy("probabilities").shape == (1, 1)
 
 
 def test_built_bento_serves_in_a_fresh_environment(bento, model_store: dict[str, str], tmp_path: Path) -> None:
@@ -91,12 +106,15 @@ def test_built_bento_serves_in_a_fresh_environment(bento, model_store: dict[str,
     print(f"fresh venv install: {time.monotonic() - started:.1f} s")
     freeze = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True, check=True).stdout
     assert not _names(freeze) & TRAINING_ONLY
+    assert {"grpcio", "protobuf", "tritonclient"} <= _names(freeze)  # the gRPC service: Triton's own messages
 
     home, cwd = tmp_path / "bentoml-home", tmp_path / "empty"
     cwd.mkdir()
+    grpc_port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNNSERVE_", "VIRTUAL_ENV", "PYTHON"))} | {
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "true",
+        "CNNSERVE_GRPC_PORT": str(grpc_port),
     }
     imported = subprocess.run(
         [str(venv / "bin" / "bentoml"), "import", str(archive)], env=env, capture_output=True, text=True
@@ -131,6 +149,7 @@ def test_built_bento_serves_in_a_fresh_environment(bento, model_store: dict[str,
         for pixels, label in zip(split.test_images[:5], split.test_labels[:5], strict=True):
             answer = requests.post(f"{url}/classify", files={"image": digit_png(pixels)}, timeout=30).json()
             assert answer["model"] == "lenet5" and answer["predictions"][0]["label"] == str(label)
+        _check_grpc(f"127.0.0.1:{grpc_port}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
