@@ -106,3 +106,32 @@ def test_anomaly_heatmap_and_v2_cross_the_process_boundary(tiered) -> None:
     assert response.status_code == 200, response.text
     probabilities = np.asarray(response.json()["outputs"][0]["data"]).reshape(2, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_v2_and_grpc_through_both_api_workers(tiered, server) -> None:
+    """Two API workers share the gRPC port (SO_REUSEPORT): clients on separate connections are all answered, the
+    v2 tensors cross into the model tier (float32 here, padded to a bucket) and come back as the one-tier service
+    answers them, and the statistics any worker reports count every worker's requests."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    split = digits_split()
+    batch = np.repeat(np.repeat(split.test_images[:3].astype(np.float32) / 255.0, 4, axis=1), 4, axis=2)[:, None]
+
+    def infer(module, url: str) -> np.ndarray:
+        client = module.InferenceServerClient(url)
+        tensor = module.InferInput("images", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        return client.infer("lenet5", [tensor]).as_numpy("probabilities")
+
+    expected = infer(httpclient, server.url.removeprefix("http://"))
+    before = httpclient.InferenceServerClient(tiered.url.removeprefix("http://")).get_inference_statistics("lenet5")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: infer(grpcclient, tiered.grpc_url), range(16)))
+    answers.append(infer(httpclient, tiered.url.removeprefix("http://")))
+    for answer in answers:
+        np.testing.assert_allclose(answer, expected, atol=1e-6)
+    after = httpclient.InferenceServerClient(tiered.url.removeprefix("http://")).get_inference_statistics("lenet5")
+    success = after["model_stats"][0]["inference_stats"]["success"]["count"]
+    assert success - before["model_stats"][0]["inference_stats"]["success"]["count"] == 17
+    assert after["model_stats"][0]["inference_count"] - before["model_stats"][0]["inference_count"] == 17 * 3
