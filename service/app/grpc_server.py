@@ -183,6 +183,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return await self._infer(request)
         except ServeError as exc:
             return await _abort(context, exc)
+        except Exception:  # a bug, not the client's fault: say so without details, log them, keep serving
+            logger.exception("unexpected error in ModelInfer")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[Any]:  # noqa: N802
         """Requests of one stream run concurrently (so they batch together) and are answered as they complete."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import zlib
 from typing import Any
 
@@ -32,6 +33,8 @@ __all__ = ["router", "HEADER_LENGTH"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INFER_ROUTE = "/v2/models/{name}/infer"  # the `route` label of v2 inferences in cnnserve_requests_total
+
+logger = logging.getLogger("cnnserve.v2")
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -286,6 +289,9 @@ async def _infer(name: str, model_version: str | None, request: Request) -> Resp
         response = await _answer(service, runner, request)
     except ServeError as exc:
         response = _error(exc)
+    except Exception:  # a bug, not the client's fault: say so without details, log them, keep serving
+        logger.exception("unexpected error on %s", INFER_ROUTE)
+        response = JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
     service.metrics.requests.labels(model=label, route=INFER_ROUTE, status=str(response.status_code)).inc()
     return response
 
