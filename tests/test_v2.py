@@ -489,3 +489,29 @@ def test_grpc_stream_answers_every_request(server) -> None:
         tensor = triton_grpc.InferInput("images", [1, 1, 32, 32], "FP32")
         tensor.set_data_from_numpy(batch[index : index + 1])
         np.testing.assert_allclose(by_id[str(index)], expected.infer("lenet5", [tensor]).as_numpy("probabilities"))
+
+
+def test_grpc_typed_contents_and_unimplemented_calls(server) -> None:
+    """A gRPC client that sends typed `contents` instead of raw bytes gets the same answer; calls for what is not
+    implemented here (shared memory) answer UNIMPLEMENTED rather than pretending."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    _, batch = _digits(2)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+    request = service_pb2.ModelInferRequest(model_name="lenet5", id="typed")
+    tensor = request.inputs.add(name="images", datatype="FP32", shape=list(batch.shape))
+    tensor.contents.fp32_contents.extend(batch.reshape(-1).tolist())
+    response = stub.ModelInfer(request, timeout=30)
+    assert response.id == "typed" and list(response.outputs[0].shape) == [2, 10]
+    typed = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, 10)
+    raw = Triton("grpc", triton_grpc, triton_grpc.InferenceServerClient(server.grpc_url)).infer("lenet5", batch)
+    np.testing.assert_allclose(typed, raw.as_numpy("probabilities"), atol=1e-6)
+    short = service_pb2.ModelInferRequest(model_name="lenet5")
+    short.inputs.add(name="images", datatype="FP32", shape=[1, 1, 32, 32]).contents.fp32_contents.extend([0.0] * 5)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ModelInfer(short, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "5 values" in raised.value.details()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest(), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
