@@ -254,6 +254,7 @@ def serve_benchmark(
             "CNNSERVE_JPEG_DRAFT": str(draft),
             "CNNSERVE_ACCESS_LOG": "false",
             "CNNSERVE_MAX_UPLOAD_MB": "20",
+            "CNNSERVE_GRPC_PORT": "0",  # HTTP only: never contend for 8001 with another server
         }
         cmd = [sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"]
         log(f"cnnserve: {workers or 'auto'} API workers, jpeg_draft={draft} …")

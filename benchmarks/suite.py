@@ -467,6 +467,7 @@ def _suite_parts(
             "BENTOML_DO_NOT_TRACK": "true",
             "CNNSERVE_MODELS": ",".join(files),
             "CNNSERVE_ORT_CACHE_DIR": str(tmp_path / "ort-cache"),
+            "CNNSERVE_GRPC_PORT": "0",  # HTTP only: never contend for 8001 with another server
         }
         server = _start(
             [str(Path(sys.executable).parent / "bentoml"), "serve", "--port", str(port), "--host", "127.0.0.1"],
