@@ -244,3 +244,31 @@ def bench_runtime(
     except KeyError as exc:
         raise _fail(str(exc).strip("'\"")) from None
     typer.echo(f"results written to {output}")
+
+
+@bench_app.command("serving-cpu")
+def bench_serving_cpu(
+    clients: Annotated[str, typer.Option(help="concurrent clients per level")] = "1,16,64",
+    duration: Annotated[float, typer.Option(min=1.0, help="seconds of load per level")] = 15.0,
+    api_workers: Annotated[int, typer.Option(min=1, help="API worker processes")] = 1,
+    jpeg_draft: Annotated[float | None, typer.Option(help="CNNSERVE_JPEG_DRAFT (default: the service's)")] = None,
+    output_dir: Annotated[Path, typer.Option(help="where results.json and RESULTS.md go")] = Path(
+        "benchmarks/serving-cpu"
+    ),
+) -> None:
+    """The CPU cost of serving one image through both tiers, measured with a null model (no GPU needed)."""
+    from .serving_cpu import serving_cpu_benchmark
+
+    result = serving_cpu_benchmark(
+        clients=_csv_ints(clients),
+        duration=duration,
+        api_workers=api_workers,
+        jpeg_draft=jpeg_draft,
+        output_dir=output_dir,
+        log=typer.echo,
+    )
+    typer.echo(
+        f"API {result['api_cpu_ms_per_req']} ms/req, model tier {result['model_cpu_ms_per_img']} ms/img, transport "
+        f"{result['transport_cpu_ms_per_img']} ms/img, {result['served_req_s_64']} req/s at 64 clients → "
+        f"{output_dir / 'results.json'}"
+    )

@@ -274,7 +274,7 @@ def _stop(process: subprocess.Popen) -> None:
 def _store_models(home: Path, files: dict[str, Path], task: str) -> None:
     """Save already exported files into a fresh BentoML store (a subprocess: BENTOML_HOME is read at import)."""
     code = (
-        "import json, sys; from pathlib import Path; from export.store import save_to_store\n"
+        "import json, sys; from pathlib import Path; from cnnserve.export.store import save_to_store\n"
         "for tag, path in json.loads(sys.argv[1]).items():\n"
         "    save_to_store(Path(path), name=tag, task=sys.argv[2], metadata={'model': tag})\n"
     )

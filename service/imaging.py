@@ -18,6 +18,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput, PayloadTooLarge
 
+try:  # libjpeg-turbo with DCT-domain scaling at any multiple of 1/8 (Pillow's draft offers 1/2, 1/4, 1/8 only)
+    import simplejpeg
+except ImportError:  # Pillow decodes every JPEG then
+    simplejpeg = None
+
 __all__ = [
     "Preprocess",
     "decode_image",
@@ -38,6 +43,19 @@ _RESAMPLE = {
 MAX_RESIZED_PIXELS = 50_000_000
 # Formats we promise to read. Others Pillow happens to know (PDF, EPS, ...) are refused with a clear message.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+# ``Image.info`` key set on an image decoded at reduced size (DCT scaling): its pixels are already an
+# approximation of the full-size decode, so :func:`preprocess_uint8` resizes only the part the crop keeps.
+DRAFTED = "cnnserve.drafted"
+# EXIF orientation → the transpose that makes the image upright (what ``ImageOps.exif_transpose`` applies).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -54,12 +72,14 @@ class Preprocess:
 def draft_request(width: int, height: int, pre: Preprocess, min_ratio: float) -> tuple[int, int] | None:
     """The smallest size a JPEG may be decoded at for this model, or ``None`` for full size.
 
-    libjpeg can decode at 1/2, 1/4 or 1/8 scale in the DCT domain, which skips most of the decoding work (a
-    640×480 JPEG: 0.9 ms instead of 2.5 ms here). The resize then starts from fewer pixels. ``min_ratio`` says how
-    close to the resize's own target the decoded image must stay: 1.0 never decodes below what the resize needs
-    (no upsampling), 0.9 allows the resize to enlarge by up to 1/0.9 (a 640×480 upload for a 256-pixel resize
-    decodes at 320×240). Detection-style resizes (``max_size``) are left alone: their answers are in the upload's
-    pixels and the service maps them back from the decoded size.
+    libjpeg-turbo decodes at 1/2, 1/4 or 1/8 of the size in the DCT domain (fast, SIMD-accelerated; its other
+    multiples of 1/8 are slower than a full decode), which skips most of the decoding work, and the resize then
+    starts from fewer pixels.
+    ``min_ratio`` says how close to the resize's own target the decoded image must stay: 1.0 never decodes below
+    what the resize needs (no upsampling), 0.9 allows the resize to enlarge by up to 1/0.9. Detection-style resizes
+    (``max_size``) are left alone: their answers are in the upload's pixels and the service maps them back from the
+    decoded size. ``None`` when not even 1/2 of the size would do; else the size at the smallest of 1/2, 1/4, 1/8
+    that covers the need.
     """
     if min_ratio <= 0 or pre.max_size is not None:
         return None
@@ -68,9 +88,33 @@ def draft_request(width: int, height: int, pre: Preprocess, min_ratio: float) ->
     else:
         scale = pre.resize_size * min_ratio / min(width, height)
         need_w, need_h = width * scale, height * scale
-    if need_w * 2 > width and need_h * 2 > height:
-        return None  # not even 1/2 scale would do
-    return math.ceil(need_w), math.ceil(need_h)
+    scale = 1
+    while scale < 8 and need_w * scale * 2 <= width and need_h * scale * 2 <= height:
+        scale *= 2
+    if scale == 1:
+        return None
+    return math.ceil(width / scale), math.ceil(height / scale)
+
+
+def _decode_scaled(img: Image.Image, data: bytes, need: tuple[int, int], channels: int) -> Image.Image | None:
+    """A JPEG decoded by libjpeg-turbo (simplejpeg) at the reduced size ``need`` (from :func:`draft_request`, in
+    the file's stored orientation), then made upright; ``None`` where Pillow should decode it (no simplejpeg, CMYK, or a file
+    libjpeg-turbo refuses — Pillow then says what is wrong)."""
+    orientation = img.getexif().get(0x0112, 1)
+    if simplejpeg is None or img.mode not in ("RGB", "L") or orientation not in (1, *_ORIENTATION):
+        return None
+    need_w, need_h = need  # in the stored orientation, as draft_request computed it from the header
+    grey = img.mode == "L" or channels == 1
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "RGB", min_width=need_w, min_height=need_h)
+    except ValueError:
+        return None
+    out = Image.fromarray(pixels[:, :, 0] if grey else pixels)
+    if orientation in _ORIENTATION:
+        out = out.transpose(_ORIENTATION[orientation])
+    if out.width < img.width or out.height < img.height:
+        out.info[DRAFTED] = True
+    return out
 
 
 def decode_image(
@@ -111,9 +155,13 @@ def decode_image(
             if draft_for is not None and img.format == "JPEG":
                 request = draft_request(width, height, draft_for, draft_ratio)
                 if request is not None:
+                    scaled = _decode_scaled(img, data, request, draft_for.in_channels)
+                    if scaled is not None:
+                        return scaled
                     img.draft("L" if draft_for.in_channels == 1 else "RGB", request)
+                    img.info[DRAFTED] = True
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)
         except Exception as exc:
             raise BadInput(f"the image data is broken or truncated ({exc}); send the complete file") from None
     return img
@@ -174,6 +222,12 @@ def _resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
         raise BadInput(
             f"the image's aspect ratio ({w}×{h}) is too extreme to resize for this model; crop it closer to square"
         )
+    if img.info.get(DRAFTED) and new_w >= out_w and new_h >= out_h:
+        # A reduced decode is an approximation already: resize only the part the centre crop keeps, straight to
+        # the crop's size (the same scale, the same sample positions up to rounding; half the pixels or less).
+        top, left = int(round((new_h - out_h) / 2.0)), int(round((new_w - out_w) / 2.0))
+        sx, sy = w / new_w, h / new_h
+        return img.resize((out_w, out_h), resample, box=(left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy))
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample)
     if new_w < out_w or new_h < out_h:

@@ -338,3 +338,47 @@ def test_a_bomb_beyond_pillows_own_limit_is_also_payload_too_large(side: int) ->
     with pytest.raises(PayloadTooLarge) as info:
         decode_image(png_claiming(side, side))
     assert_readable(info.value, 413)
+
+
+def _jpeg(img: Image.Image, orientation: int = 1) -> bytes:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    img.save(buf, format="JPEG", quality=92, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_large_jpeg_is_decoded_at_reduced_size_upright_and_close_to_the_full_decode(monkeypatch, orientation) -> None:
+    """DCT-scaled decoding (libjpeg-turbo through simplejpeg, Pillow's draft without it) for a classifier: the image
+    comes back smaller, upright as its EXIF says, and its model input close to the full decode's."""
+    import cnnserve.service.imaging as imaging
+
+    photo = Image.fromarray(skimage.data.astronaut()).resize((1280, 960))
+    data = _jpeg(photo, orientation)
+    full = decode_image(data)  # no draft: Pillow, full size, exif_transpose
+    results = {}
+    for name, decoder in (("simplejpeg", imaging.simplejpeg), ("pillow", None)):
+        monkeypatch.setattr(imaging, "simplejpeg", decoder)
+        small = decode_image(data, draft_for=IMAGENET, draft_ratio=1.0)
+        assert small.size == (full.width // 2, full.height // 2) and small.info.get(imaging.DRAFTED)
+        results[name] = preprocess(small, IMAGENET)
+    exact = preprocess(full, IMAGENET)
+    for got in results.values():
+        assert got.shape == exact.shape
+        assert np.abs(got - exact).mean() < 2 / 255  # a reduced decode is an approximation, a close one
+    assert np.abs(results["simplejpeg"] - results["pillow"]).mean() < 1.5 / 255  # both decoders agree
+    assert full.size == ((960, 1280) if orientation in (6, 8) else (1280, 960))
+
+
+def test_jpegs_the_fast_decoder_does_not_take_still_decode() -> None:
+    cmyk = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).convert("CMYK").resize((1024, 1024)).save(cmyk, format="JPEG")
+    img = decode_image(cmyk.getvalue(), draft_for=IMAGENET, draft_ratio=1.0)
+    assert preprocess(img, IMAGENET).shape == (3, 224, 224)
+    grey = decode_image(_jpeg(Image.fromarray(skimage.data.camera()).resize((1024, 1024))), draft_for=IMAGENET)
+    assert grey.mode == "L" and grey.size == (256, 256)  # 1/4: still ≥ the 256 resize
+    lenet = Preprocess(input_size=(32, 32), in_channels=1)  # a colour JPEG for a grey model decodes grey
+    colour = decode_image(_jpeg(Image.fromarray(skimage.data.astronaut())), draft_for=lenet)
+    assert colour.mode == "L" and colour.size == (64, 64)  # 1/8: still ≥ the 32×32 input

@@ -45,6 +45,16 @@ class Metrics:
             ["model"],
             multiprocess_mode="max",
         )
+        self.transport_cpu = Counter(
+            "cnnserve_transport_cpu_seconds",
+            "CPU spent moving calls between the tiers (packing, framing, writing, parsing, unpacking)",
+            ["side"],
+        )
+        self.transport_messages = Counter(
+            "cnnserve_transport_messages",
+            "Messages (calls and replies) handled on this side of the tiers' socket",
+            ["side"],
+        )
 
     @contextmanager
     def stage(self, model: str, stage: str) -> Iterator[None]:
@@ -68,3 +78,9 @@ class Metrics:
         """A runner's per-request callback: seconds the request waited in the batcher before its run started."""
         histogram = self.stage_seconds.labels(model=model, stage=QUEUE_STAGE)
         return histogram.observe
+
+    def observe_transport(self, side: str, seconds: float, calls: int = 0) -> None:
+        """The tiers' socket (service.runtime.tier): CPU spent on the hop, and calls sent or answered."""
+        self.transport_cpu.labels(side=side).inc(seconds)
+        if calls:
+            self.transport_messages.labels(side=side).inc(calls)

@@ -5,8 +5,8 @@
   as may be in flight): onnxruntime releases the GIL, and its CUDA provider keeps per-thread state (streams,
   cuDNN/cuBLAS handles) that a fresh thread would pay for again.
 * :class:`RemoteRunner` — an API worker of the two-tier service: its batcher groups this worker's concurrent
-  requests into one call to the model tier, which batches the calls of every worker into onnxruntime runs
-  (:func:`answer_call` is that side). Pixels travel as uint8, pickled with out-of-band buffers.
+  requests into one call to the model tier, which batches the calls of every worker into onnxruntime runs. The
+  call itself is a :class:`Transport`'s business (:mod:`.tier`: a Unix socket); pixels travel as uint8.
 
 A new engine (Triton over gRPC, a Ray actor, another accelerator's runtime) is one more class with these three
 methods; nothing above it changes (docs/architecture.md).
@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ModelNotFound, ServeError
 from .batching import ModelBatcher
 from .model import ModelInfo, OnnxModel
 
-__all__ = ["Runner", "LocalRunner", "RemoteRunner", "Transport", "answer_call", "pack_call"]
+__all__ = ["Runner", "LocalRunner", "RemoteRunner", "Transport"]
 
 logger = logging.getLogger("cnnserve.runtime")
 
@@ -104,50 +102,10 @@ class LocalRunner:
 
 
 class Transport(Protocol):
-    """How an API worker reaches the model tier: one request's bytes → the reply's bytes."""
+    """How an API worker reaches the model tier: ``method`` (``infer``, ``run_graph``) of model ``name`` with its
+    arguments → the value, or the model tier's :class:`~service.errors.ServeError` raised here."""
 
-    async def call(self, method: str, payload: bytes) -> bytes: ...
-
-
-def pack_call(*parts: Any) -> bytes:
-    return pickle.dumps(parts, protocol=5)
-
-
-def _pack_error(exc: ServeError) -> bytes:
-    return pickle.dumps(("error", exc.status, exc.message), protocol=5)
-
-
-def _unpack_reply(reply: bytes) -> Any:
-    """A model-tier reply → its value, or the :class:`ServeError` it carried, raised here with the same status."""
-    kind, *rest = pickle.loads(reply)  # noqa: S301 - our own model-tier process, over a local socket
-    if kind == "error":
-        status, message = rest
-        raise ServeError(message, status=status)
-    return rest[0]
-
-
-async def answer_call(runners: Mapping[str, Runner], method: str, payload: bytes) -> bytes:
-    """The model tier's side of a :class:`RemoteRunner` call: unpickle, run through the local runner (whose batcher
-    merges the calls of every API worker), pickle the outputs or the error."""
-    try:
-        if method == "infer":
-            name, images, extra = pickle.loads(payload)  # noqa: S301 - only our API tier reaches this socket
-            value: Any = await _runner(runners, name).infer(images, extra)
-        elif method == "run_graph":
-            name, names, feed = pickle.loads(payload)  # noqa: S301
-            value = await _runner(runners, name).run_graph(names, feed)
-        else:
-            raise ServeError(f"unknown model-tier method {method!r}", status=500)
-    except ServeError as exc:
-        return _pack_error(exc)
-    return pickle.dumps(("ok", value), protocol=5)
-
-
-def _runner(runners: Mapping[str, Runner], name: str) -> Runner:
-    runner = runners.get(name)
-    if runner is None:
-        raise ModelNotFound(f"model {name!r} is not served by the model tier")
-    return runner
+    async def call(self, method: str, name: str, *parts: Any) -> Any: ...
 
 
 class RemoteRunner:
@@ -167,7 +125,7 @@ class RemoteRunner:
         )
 
     async def _call(self, method: str, *parts: Any) -> Any:
-        return _unpack_reply(await self._transport.call(method, pack_call(self.info.name, *parts)))
+        return await self._transport.call(method, self.info.name, *parts)
 
     def _call_infer(self, batch: np.ndarray, extra: dict[str, float]) -> Awaitable[dict[str, np.ndarray]]:
         return self._call("infer", batch, extra)
