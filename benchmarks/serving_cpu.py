@@ -280,7 +280,8 @@ def _markdown(r: dict[str, Any]) -> str:
 Measured {r["measured_at"]} on {r["machine"]}; settings {json.dumps(r["settings"])}; requests: {r["image"]} to
 `POST /classify` from closed-loop clients on the same machine. Rerun: `cnnserve bench serving-cpu` (or `make bench`).
 
-| clients | req/s | p50 / p99 ms | API CPU ms/req | model tier CPU ms/img | … ms/call | transport CPU ms/img | load generator CPU ms/req | images/call | images/run | errors |
+| clients | req/s | p50 / p99 ms | API CPU ms/req | model tier CPU ms/img | … ms/call | transport CPU ms/img \
+| load generator CPU ms/req | images/call | images/run | errors |
 |---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 

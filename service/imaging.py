@@ -98,8 +98,8 @@ def draft_request(width: int, height: int, pre: Preprocess, min_ratio: float) ->
 
 def _decode_scaled(img: Image.Image, data: bytes, need: tuple[int, int], channels: int) -> Image.Image | None:
     """A JPEG decoded by libjpeg-turbo (simplejpeg) at the reduced size ``need`` (from :func:`draft_request`, in
-    the file's stored orientation), then made upright; ``None`` where Pillow should decode it (no simplejpeg, CMYK, or a file
-    libjpeg-turbo refuses — Pillow then says what is wrong)."""
+    the file's stored orientation), then made upright; ``None`` where Pillow should decode it (no simplejpeg, CMYK,
+    or a file libjpeg-turbo refuses — Pillow then says what is wrong)."""
     orientation = img.getexif().get(0x0112, 1)
     if simplejpeg is None or img.mode not in ("RGB", "L") or orientation not in (1, *_ORIENTATION):
         return None
