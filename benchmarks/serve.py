@@ -129,6 +129,25 @@ def _process_groups(root_pid: int) -> dict[str, list[Any]]:
     return groups
 
 
+def _served_plan(url: str, model: str) -> dict[str, Any]:
+    """The model's batch plan as ``/models`` shows it, and the GPU memory in use once it is loaded and warm: with
+    one session per bucket and run in flight, that is about sessions × the weights (they are not shared)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/models", timeout=10) as response:
+        models = json.loads(response.read())["models"]
+    entry = next((m for m in models if m["name"] == model), {})
+    batching = entry.get("batching") or {}
+    used = _nvidia_smi("memory.used", "csv,noheader,nounits")
+    return {
+        "providers": entry.get("providers"),
+        "max_batch_size": batching.get("max_batch_size"),
+        "buckets": batching.get("buckets"),
+        "sessions": batching.get("sessions"),
+        "gpu_memory_used_mb": float(used) if used else None,
+    }
+
+
 def _nvidia_smi(query: str, fmt: str = "csv,noheader") -> str | None:
     """The first GPU's answer to ``nvidia-smi --query-gpu=QUERY``, or None on a machine without one."""
     try:
@@ -260,6 +279,9 @@ def serve_benchmark(
         log(f"cnnserve: {workers or 'auto'} API workers, jpeg_draft={draft} …")
         proc = _start(cmd, env, url + "/readyz", logs / f"cnnserve-{workers}-{draft}.log")
         try:
+            if index == 0:  # the served plan (buckets, sessions) and the GPU memory it holds with every bucket warm
+                results["served_plan"] = _served_plan(url, model)
+                log(json.dumps(results["served_plan"]))
             run_load(url, image=image, fields={"model": model}, concurrency=8, duration=2, log=lambda _: None)
             # every level for the first configuration; the others where the comparison is made (64 clients)
             for c in levels if index == 0 else tuple(c for c in levels if c == 64) or levels[-1:]:

@@ -1,43 +1,54 @@
 #!/bin/bash
-# The GPU benchmark of issue 10, in one go, on the lent GPU machine (see benchmarks/gpu/RESULTS.md for how to
-# bring onnxruntime-gpu and BentoML there). Run from the repository root after `. /tmp/gpu-env.sh`:
-#   OUT=/some/dir bash benchmarks/gpu/run.sh
-# Exports ResNet-50 as an fp16 model with uint8 input (random weights: ImageNet weights cannot be downloaded
-# there; speed does not depend on the weights), checks it on the GPU against PyTorch, then runs
-# `cnnserve bench serve` (cnnserve two-tier vs the peers, 640x480 JPEG uploads, 1/16/64/256 clients).
+# The whole GPU check of issue 16 in one device call (~9 min): the shape diagnosis, the fix served against the
+# configuration before it, and `cnnserve bench serve` (cnnserve two-tier vs the peers) with the fix.
+# On the lent GPU machine, from the repository root, after `bash ../shared/gpu/unpack.sh install` (onnxruntime-gpu,
+# BentoML and the serving extras: `bash ../shared/gpu/pack.sh onnxruntime-gpu==1.31.1 bentoml==1.4.40 simplejpeg uvloop
+# httptools py-spy==0.4.3`, then the device calls it prints) and `. /tmp/gpu-env.sh`:
+#   OUT=$OUT bash benchmarks/gpu/run.sh
+# Every step writes into $OUT as soon as it has something, so a timeout still returns what ran; the headline
+# results land in benchmarks/gpu/results.json (keys: device, served_img_s_64, peer_bentoml_img_s_64,
+# peer_torch_img_s_64, raw_ort_fp16_img_s_bs64, p99_ms_64) and are copied to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/cnnserve-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
-export BENTOML_HOME=${BENTOML_HOME:-/tmp/cnnserve-bentoml} BENTOML_DO_NOT_TRACK=true
+export BENTOML_HOME=${BENTOML_HOME:-/tmp/cnnserve-bentoml} BENTOML_DO_NOT_TRACK=true XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/cnnserve-cache}
 MODEL=${MODEL:-resnet50}
 TAG=$MODEL-fp16-u8
 CLIENTS=${CLIENTS:-1,16,64,256}
-PEER_CLIENTS=${PEER_CLIENTS:-1,64}
+PEER_CLIENTS=${PEER_CLIENTS:-64}
 API_WORKERS=${API_WORKERS:-12}
-JPEG_DRAFT=${JPEG_DRAFT:-1.0,0.9}
 DURATION=${DURATION:-8}
-step() { echo "== $(date +%T) $*"; }
+step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 step "environment"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c 'import torch, onnxruntime as o, bentoml; print("torch", torch.__version__, torch.cuda.is_available(), "| onnxruntime", o.__version__, o.get_available_providers(), "| bentoml", bentoml.__version__)'
-nproc
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import torch, onnxruntime as o, bentoml; print("torch", torch.__version__, torch.cuda.is_available(), "| onnxruntime", o.__version__, o.get_available_providers(), "| bentoml", bentoml.__version__)'
+  python3 -c 'import simplejpeg, uvloop, httptools; print("simplejpeg uvloop httptools: ok")'
+  nproc; } 2>&1 | tee "$OUT/env.txt"
 
 step "export $MODEL fp16 uint8-input"
-if ! python3 -m cnnserve.cli export "$MODEL" --precision fp16 --input-dtype uint8 2>&1 | tail -4; then
-  echo "export failed"; exit 1
-fi
+python3 -m cnnserve.cli export "$MODEL" --precision fp16 --input-dtype uint8 >"$OUT/export.txt" 2>&1 || { step "export failed"; tail "$OUT/export.txt"; exit 1; }
 
 step "GPU parity (fp16 uint8 ONNX on CUDA vs PyTorch fp32 on CPU, same weights)"
-[ -n "${SKIP_PARITY:-}" ] || timeout 120 python3 benchmarks/gpu/parity.py --tag "$TAG" --output "$OUT/parity.json" || echo "parity step failed"
+[ -n "${SKIP_PARITY:-}" ] || timeout 120 python3 benchmarks/gpu/parity.py --tag "$TAG" --output "$OUT/parity.json" >"$OUT/parity.log" 2>&1 || echo "parity step failed"
 
-step "bench serve"
-timeout ${BENCH_TIMEOUT:-420} python3 -m cnnserve.cli bench serve --model "$TAG" \
-  --api-workers "$API_WORKERS" --jpeg-draft "$JPEG_DRAFT" --duration "$DURATION" \
-  --clients "$CLIENTS" --peer-clients "$PEER_CLIENTS" --peer-workers 4 --raw-batches "${RAW_BATCHES:-1,8,64,256}" \
-  --output benchmarks/gpu/results.json
+step "shape diagnosis without a server (same shape vs alternating vs one session per shape; cuDNN plan counts)"
+timeout ${DIAG_TIMEOUT:-150} python3 benchmarks/gpu/diag/ort_shapes.py "$TAG" "$OUT" --cudnn-log >"$OUT/ort_shapes.log" 2>&1; step "ort_shapes rc=$?"
+
+step "served: the fix (A_buckets) and the service before it (F_one_session_any_shape), 64 clients"
+for cfg in A_buckets F_one_session_any_shape; do
+  envs=(); [ "$cfg" = F_one_session_any_shape ] && envs=(--env CNNSERVE_BATCH_BUCKETS=none)
+  PYTHONPATH=$PWD:$PWD/benchmarks/gpu/diag/site timeout 100 python3 benchmarks/gpu/diag/serve_diag.py "$cfg" "$OUT" \
+    --model "$TAG" --duration "$DURATION" --levels 64 "${envs[@]}" >"$OUT/$cfg.log" 2>&1; step "$cfg rc=$?"
+done
+
+step "bench serve (the fix, against raw onnxruntime and the peers)"
+timeout ${BENCH_TIMEOUT:-330} python3 -m cnnserve.cli bench serve --model "$TAG" \
+  --api-workers "$API_WORKERS" --duration "$DURATION" \
+  --clients "$CLIENTS" --peer-clients "$PEER_CLIENTS" --peer-workers 4 --raw-batches "${RAW_BATCHES:-1,8,64}" \
+  --output benchmarks/gpu/results.json >"$OUT/bench_serve.log" 2>&1
 rc=$?
 cp benchmarks/gpu/results.json benchmarks/gpu/summary.md "$OUT/" 2>/dev/null
 logs=$(python3 -c 'import json; print(json.load(open("benchmarks/gpu/results.json"))["logs"])' 2>/dev/null)
