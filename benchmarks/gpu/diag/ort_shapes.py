@@ -24,10 +24,11 @@ import numpy as np
 
 sys.path.insert(0, os.getcwd())
 import onnxruntime as ort  # noqa: E402
-
 from cnnserve.service.runtime.model import load_model  # noqa: E402
-from cnnserve.service.runtime.sessions import with_provider_options  # noqa: E402
-from cnnserve.service.runtime.sessions import SessionConfig  # noqa: E402
+from cnnserve.service.runtime.sessions import (
+    SessionConfig,  # noqa: E402
+    with_provider_options,  # noqa: E402
+)
 from cnnserve.service.settings import get_settings  # noqa: E402
 
 ROWS: list[dict] = []
@@ -64,13 +65,19 @@ def sequence(out: Path, label: str, models, shapes: list[int]) -> None:
         walls.append(time.perf_counter() - t0)
         cpus.append(time.thread_time() - c0)
     wall = time.perf_counter() - t_all
-    emit(out, {
-        "test": label, "runs": len(shapes), "images": sum(shapes),
-        "median_ms": round(1e3 * float(np.median(walls)), 3), "max_ms": round(1e3 * max(walls), 3),
-        "caller_cpu_ms_per_run": round(1e3 * float(np.mean(cpus)), 3),
-        "process_cpu_ms_per_run": round(1e3 * (time.process_time() - p0) / len(shapes), 3),
-        "img_s": round(sum(shapes) / wall, 1),
-    })
+    emit(
+        out,
+        {
+            "test": label,
+            "runs": len(shapes),
+            "images": sum(shapes),
+            "median_ms": round(1e3 * float(np.median(walls)), 3),
+            "max_ms": round(1e3 * max(walls), 3),
+            "caller_cpu_ms_per_run": round(1e3 * float(np.mean(cpus)), 3),
+            "process_cpu_ms_per_run": round(1e3 * (time.process_time() - p0) / len(shapes), 3),
+            "img_s": round(sum(shapes) / wall, 1),
+        },
+    )
 
 
 def threads(out: Path, label: str, plan: list[tuple[object, int]], seconds: float) -> None:
@@ -94,12 +101,19 @@ def threads(out: Path, label: str, plan: list[tuple[object, int]], seconds: floa
         t.join()
     wall = time.perf_counter() - t0
     runs = sum(counts)
-    images = sum(c * s for c, (_, s) in zip(counts, plan))
-    emit(out, {
-        "test": label, "runs": runs, "images": images, "runs_s": round(runs / wall, 1), "img_s": round(images / wall, 1),
-        "process_cpu_cores": round((time.process_time() - p0) / wall, 2),
-        "process_cpu_ms_per_run": round(1e3 * (time.process_time() - p0) / max(runs, 1), 3),
-    })
+    images = sum(c * s for c, (_, s) in zip(counts, plan, strict=True))
+    emit(
+        out,
+        {
+            "test": label,
+            "runs": runs,
+            "images": images,
+            "runs_s": round(runs / wall, 1),
+            "img_s": round(images / wall, 1),
+            "process_cpu_cores": round((time.process_time() - p0) / wall, 2),
+            "process_cpu_ms_per_run": round(1e3 * (time.process_time() - p0) / max(runs, 1), 3),
+        },
+    )
 
 
 def placement(out: Path, path: Path, providers) -> None:
@@ -119,9 +133,20 @@ def placement(out: Path, path: Path, providers) -> None:
             os.close(saved)
             ort.set_default_logger_severity(3)
     keep = [
-        line for line in log.read_text(errors="replace").splitlines()
-        if any(k in line for k in ("VerifyEachNodeIsAssignedToAnEp", "transformer_memcpy", "Memcpy nodes",
-                                   "fallback", "Fallback", "not assigned", "EP Error"))
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if any(
+            k in line
+            for k in (
+                "VerifyEachNodeIsAssignedToAnEp",
+                "transformer_memcpy",
+                "Memcpy nodes",
+                "fallback",
+                "Fallback",
+                "not assigned",
+                "EP Error",
+            )
+        )
     ]
     (out / "ort_placement.txt").write_text("\n".join(keep[:400]) + "\n")
     print(f"placement: {len(keep)} relevant log lines (ort_placement.txt)", flush=True)
@@ -145,14 +170,18 @@ def profile(out: Path, path: Path, providers, shapes: list[int]) -> None:
         inside = [e for e in nodes if r["ts"] <= e["ts"] <= r["ts"] + r["dur"]]
         conv = [e for e in inside if e.get("args", {}).get("op_name") in ("Conv", "FusedConv", "NhwcConv")]
         for e in inside:
-            key = f'{e["args"].get("op_name")}@{e["args"].get("provider")}'
+            key = f"{e['args'].get('op_name')}@{e['args'].get('provider')}"
             providers_seen[key] = providers_seen.get(key, 0) + (1 if i == 0 else 0)
-        per_run.append({
-            "batch": shapes[i] if i < len(shapes) else None, "run_ms": round(r["dur"] / 1e3, 3),
-            "conv_nodes": len(conv), "conv_host_ms": round(sum(e["dur"] for e in conv) / 1e3, 3),
-            "max_conv_host_ms": round(max((e["dur"] for e in conv), default=0) / 1e3, 3),
-            "all_nodes_host_ms": round(sum(e["dur"] for e in inside) / 1e3, 3),
-        })
+        per_run.append(
+            {
+                "batch": shapes[i] if i < len(shapes) else None,
+                "run_ms": round(r["dur"] / 1e3, 3),
+                "conv_nodes": len(conv),
+                "conv_host_ms": round(sum(e["dur"] for e in conv) / 1e3, 3),
+                "max_conv_host_ms": round(max((e["dur"] for e in conv), default=0) / 1e3, 3),
+                "all_nodes_host_ms": round(sum(e["dur"] for e in inside) / 1e3, 3),
+            }
+        )
     summary = {"shapes": shapes, "per_run": per_run, "ops_by_provider_first_run": providers_seen}
     (out / "ort_profile_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     for row in per_run:
@@ -173,13 +202,24 @@ def cudnn_log(out: Path, path: Path) -> None:
     for label, pattern in (("same16x10", ",".join(["16"] * 10)), ("alt8_16x10", ",".join(["8", "16"] * 5))):
         log = out / f"cudnn_{label}.log"
         env = {**os.environ, "CUDNN_LOGLEVEL_DBG": "3", "CUDNN_LOGDEST_DBG": str(log)}
-        subprocess.run([sys.executable, __file__, str(path), str(out), "--child", pattern], env=env, timeout=120,
-                       check=False, capture_output=True)
+        subprocess.run(
+            [sys.executable, __file__, str(path), str(out), "--child", pattern],
+            env=env,
+            timeout=120,
+            check=False,
+            capture_output=True,
+        )
         text = log.read_text(errors="replace") if log.exists() else ""
-        emit(out, {"test": f"cudnn_api_log_{label}", "log_bytes": len(text),
-                   "cudnnBackendFinalize_total": text.count("cudnnBackendFinalize"),
-                   "cudnnBackendExecute_total": text.count("cudnnBackendExecute"),
-                   "note": "compare totals between the two: extra finalizations = plan rebuilds in measured runs"})
+        emit(
+            out,
+            {
+                "test": f"cudnn_api_log_{label}",
+                "log_bytes": len(text),
+                "cudnnBackendFinalize_total": text.count("cudnnBackendFinalize"),
+                "cudnnBackendExecute_total": text.count("cudnnBackendExecute"),
+                "note": "compare totals between the two: extra finalizations = plan rebuilds in measured runs",
+            },
+        )
         log.unlink(missing_ok=True)
 
 
@@ -206,7 +246,10 @@ def main() -> None:
 
     load = lambda **kw: load_model("m", path, providers=names, **kw)  # noqa: E731
     m = load()
-    emit(out, {"test": "session", "providers": m.info.providers, "io_binding": m.io_binding, "cache": m.info.session_cache})
+    emit(
+        out,
+        {"test": "session", "providers": m.info.providers, "io_binding": m.io_binding, "cache": m.info.session_cache},
+    )
     for s in (1, 2, 4, 8, 16, 32) if not a.quick else (1, 2):  # the service's warm-up, ascending
         m.run(batch(s))
     sequence(out, f"same{big}", m, [big] * (2 * k))

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.getcwd())
-from benchmarks.suite import _free_port, _start, _stop  # noqa: E402
-from benchmarks.serve import _process_groups, _profiled_load, test_image  # noqa: E402
 from benchmarks.loadtest import run_load  # noqa: E402
+from benchmarks.serve import _process_groups, _profiled_load, test_image  # noqa: E402
+from benchmarks.suite import _free_port, _start, _stop  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -97,8 +97,12 @@ def main() -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
-    proc = _start([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"], env,
-                  url + "/readyz", log)
+    proc = _start(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        env,
+        url + "/readyz",
+        log,
+    )
     result: dict = {"name": a.name, "env": extra, "startup_s": round(time.time() - t0, 1), "levels": []}
     try:
         tier = _process_groups(proc.pid)["model_tier"]
@@ -115,8 +119,9 @@ def main() -> None:
             m0, k0 = metrics(url), thread_ticks(pid)
             dumper = threading.Timer(a.duration * 0.5, dump_stacks, (pid, out / f"{a.name}.c{c}.stacks.txt", log))
             dumper.start()
-            r = _profiled_load(url, proc.pid, image=image, fields={"model": a.model}, concurrency=c,
-                               duration=a.duration, log=print)
+            r = _profiled_load(
+                url, proc.pid, image=image, fields={"model": a.model}, concurrency=c, duration=a.duration, log=print
+            )
             dumper.join()
             m1, k1 = metrics(url), thread_ticks(pid)
             d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
@@ -138,8 +143,11 @@ def main() -> None:
                 "images_per_run": round(d.get("cnnserve_batch_size_sum", 0.0) / max(runs, 1), 2),
                 "ms_per_run": round(1e3 * d.get("cnnserve_batch_seconds_sum", 0.0) / max(runs, 1), 2),
                 "model_tier_cpu_ms_per_run": round(1e3 * busy["model_tier"] * r["duration_s"] / max(runs, 1), 1),
-                "rows_histogram_cumulative": {re.search(r'le="([^"]+)"', k).group(1): v for k, v in d.items()
-                                              if k.startswith("cnnserve_batch_size_bucket")},
+                "rows_histogram_cumulative": {
+                    re.search(r'le="([^"]+)"', k).group(1): v
+                    for k, v in d.items()
+                    if k.startswith("cnnserve_batch_size_bucket")
+                },
                 "top_threads_cores": [(round(cores, 2), tid) for cores, tid in top],
             }
             result["levels"].append(level)
