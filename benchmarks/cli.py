@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from .suite import FAMILIES
-
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -37,8 +35,11 @@ def bench(
         "resnet50"
     ),
     families: Annotated[
-        str, typer.Option(help="classifier family members timed at batch 1 (comma-separated; '' to skip)")
-    ] = ",".join(FAMILIES),
+        str | None,
+        typer.Option(
+            help="classifiers timed at batch 1, comma-separated ('' to skip; default: each family's, VGG aside)"
+        ),
+    ] = None,
     batches: Annotated[str, typer.Option(help="batch sizes for the main model")] = "1,8,32",
     clients: Annotated[str, typer.Option(help="concurrent HTTP clients")] = "1,4,16,32",
     duration: Annotated[float, typer.Option(min=0.1, help="seconds of load per concurrency level")] = 15.0,
@@ -72,7 +73,7 @@ def bench(
     try:
         run_suite(
             model=model,
-            families=tuple(f.strip() for f in families.split(",") if f.strip()),
+            families=None if families is None else tuple(f.strip() for f in families.split(",") if f.strip()),
             batch_sizes=_csv_ints(batches),
             clients=_csv_ints(clients),
             duration=duration,

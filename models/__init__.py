@@ -13,6 +13,7 @@ from .registry import (
     get_spec,
     list_models,
     register_model,
+    representatives,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "get_spec",
     "list_models",
     "register_model",
+    "representatives",
 ]

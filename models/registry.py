@@ -26,6 +26,7 @@ __all__ = [
     "build_model",
     "get_spec",
     "get_builder",
+    "representatives",
 ]
 
 TASKS = (
@@ -97,6 +98,7 @@ class ModelSpec:
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _SPECS: dict[str, ModelSpec] = {}
+_REPRESENTATIVES: dict[str, str] = {}  # family → the member tests and benchmarks use for the whole family
 
 # Family modules register themselves on import; importing them lazily keeps `import models` cheap.
 _FAMILY_MODULES = (
@@ -116,14 +118,22 @@ _FAMILY_MODULES = (
 _loaded = False
 
 
-def register_model(spec: ModelSpec) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator for a public builder; refuses a name registered twice (a copy-paste mistake, always)."""
+def register_model(
+    spec: ModelSpec, *, representative: bool = False
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator for a public builder; refuses a name registered twice (a copy-paste mistake, always).
+
+    A family's *representative* — the member the tests and benchmarks time or export for the whole family — is
+    its first registered model, unless a member says ``representative=True`` (ViT: B/32 costs a quarter of B/16's
+    compute for the same code)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if spec.name in _SPECS:
             raise ValueError(f"model {spec.name!r} is already registered")
         _SPECS[spec.name] = spec
         _BUILDERS[spec.name] = builder
+        if representative or spec.family not in _REPRESENTATIVES:
+            _REPRESENTATIVES[spec.family] = spec.name
         return builder
 
     return decorator
@@ -144,6 +154,13 @@ def list_models(task: str | None = None) -> list[str]:
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     return [name for name, spec in _SPECS.items() if task is None or spec.task == task]
+
+
+def representatives(task: str | None = None) -> list[str]:
+    """One model per family (of ``task``), in registration order: what "every family" means to a test or a
+    benchmark, asked of the registry so that a new family is covered the day it is registered."""
+    names = set(list_models(task))
+    return [name for name in _REPRESENTATIVES.values() if name in names]
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -300,7 +300,7 @@ def vit_b_16(**kwargs: Any) -> VisionTransformer:
     return _vit("vit_b_16", **kwargs)
 
 
-@register_model(_spec("vit_b_32"))
+@register_model(_spec("vit_b_32"), representative=True)
 def vit_b_32(**kwargs: Any) -> VisionTransformer:
     return _vit("vit_b_32", **kwargs)
 

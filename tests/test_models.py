@@ -18,8 +18,8 @@ CONTRACT_NAMES = (
     + ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"]
     + ["unet", "yolov1", "yolov1_tiny", "fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn", "cae"]
 )
-# The smaller member of each family: strict-load parity in the fast suite; the rest run under `slow`.
-FAST_PARITY = {"alexnet", "vgg11", "googlenet", "resnet18", "densenet121", "efficientnet_b0", "vit_b_32"}
+# Each family's representative (the registry's): strict-load parity in the fast suite; the rest run under `slow`.
+FAST_PARITY = set(models.representatives("classification"))
 # ImageNet classifiers with a torchvision twin; the detectors' twins are checked in test_rcnn.py (their outputs are
 # not one tensor, and torchvision builds them with trainable batch norm unless pretrained weights are asked for).
 WITH_TORCHVISION = [n for n in models.list_models(task="classification") if models.get_spec(n).torchvision]
