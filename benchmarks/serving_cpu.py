@@ -219,6 +219,7 @@ def serving_cpu_benchmark(
             "CNNSERVE_MODELS": NULL_TAG,
             "CNNSERVE_ORT_CACHE_DIR": str(tmp_path / "ort-cache"),
             "CNNSERVE_BATCH_PROFILES": str(tmp_path / "batching.json"),
+            "CNNSERVE_GRPC_PORT": "0",  # HTTP only: never contend for 8001 with another server
             **GPU_PLAN,
             **({"CNNSERVE_JPEG_DRAFT": str(jpeg_draft)} if jpeg_draft is not None else {}),
             **(env or {}),
