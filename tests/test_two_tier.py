@@ -77,16 +77,16 @@ def test_concurrent_requests_are_batched_in_the_model_tier_and_all_right(tiered)
         answers = list(pool.map(classify, range(len(images))))
     assert np.mean([a == str(t) for a, t in zip(answers, labels, strict=True)]) >= 0.95
 
-    # A model slow enough (YOLO, ~10 ms a run here) that 16 clients queue behind a run: batches must form.
+    # A model slow enough (YOLO, ~10 ms a run here) that 32 clients queue behind a run: batches must form.
     scene = png_bytes(make_dataset(1, seed=HELD_OUT_SEED + 3)[0].image)
-    with ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(lambda _: post_image(tiered, "/detect", scene).status_code, range(48)))
-    assert statuses == [200] * 48
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(lambda _: post_image(tiered, "/detect", scene).status_code, range(96)))
+    assert statuses == [200] * 96
     metrics = requests.get(f"{tiered.url}/metrics", timeout=10).text
     # the model tier's batch-size histogram: more images than onnxruntime calls means batches formed
     count = _metric(metrics, 'cnnserve_batch_size_count{model="yolov1_shapes"}')
     total = _metric(metrics, 'cnnserve_batch_size_sum{model="yolov1_shapes"}')
-    assert total >= 48 and count < total * 0.75, (count, total)
+    assert total >= 96 and count < total * 0.75, (count, total)
 
 
 def _metric(text: str, name: str) -> float:
