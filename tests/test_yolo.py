@@ -273,3 +273,16 @@ def test_training_reproduces_the_demo(tmp_path: Path) -> None:
     model.load_state_dict(load_file(str(tmp_path / f"{MODEL}.safetensors")), strict=True)
     held_out = make_dataset(EVAL_IMAGES, size=SIZE, seed=HELD_OUT_SEED)
     assert evaluate(model, held_out)["map"] == pytest.approx(record["map50"], abs=1e-3)
+
+
+def test_recall_and_precision_at_one_operating_point() -> None:
+    from cnnserve.export.demos.yolo_shapes import recall_precision
+
+    truth = [(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([0, 1]))]
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32)
+    scores, labels = np.array([0.9, 0.8, 0.3, 0.6]), np.array([0, 0, 0, 1])
+    # 0.9 finds the first box; 0.8 is a duplicate of it; 0.3 has the wrong class; 0.6 is nowhere.
+    at = recall_precision([(boxes, scores, labels)], truth, score_threshold=0.25)
+    assert (at["recall"], at["precision"], at["truths"], at["detections"]) == (0.5, 0.25, 2, 4)
+    high = recall_precision([(boxes, scores, labels)], truth, score_threshold=0.85)
+    assert (high["recall"], high["precision"]) == (0.5, 1.0)

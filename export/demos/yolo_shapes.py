@@ -32,6 +32,8 @@ __all__ = [
     "mean_average_precision",
     "shapes_batch",
     "evaluate",
+    "evaluate_held_out",
+    "recall_precision",
     "train_yolo_shapes",
 ]
 
@@ -43,6 +45,7 @@ LEARNING_RATE = 2e-3
 EVAL_IMAGES = 300
 EVAL_SCORE_THRESHOLD = 0.01  # low: mAP integrates over every operating point
 EVAL_IOU_THRESHOLD = 0.45  # NMS, the export default
+OPERATING_SCORE_THRESHOLD = 0.25  # the export's default score_threshold: what a user of /detect gets
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -105,6 +108,44 @@ def mean_average_precision(
     return {"map": float(np.mean(list(ap.values()))) if ap else 0.0, "ap": ap}
 
 
+def recall_precision(
+    predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ground_truth: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    score_threshold: float,
+    iou: float = 0.5,
+) -> dict:
+    """Recall and precision at one operating point: detections scoring ≥ ``score_threshold``, matched best score
+    first to a not-yet-matched truth of their class with IoU ≥ ``iou`` (what a user of ``/detect`` with that
+    ``score_threshold`` sees). Returns ``{"recall", "precision", "truths", "detections"}``."""
+    import torch
+    from torchvision.ops import box_iou
+
+    hits = n_det = n_truth = 0
+    for (boxes, scores, labels), (truth_boxes, truth_labels) in zip(predictions, ground_truth, strict=True):
+        keep = np.asarray(scores) >= score_threshold
+        boxes, scores, labels = np.asarray(boxes)[keep], np.asarray(scores)[keep], np.asarray(labels)[keep]
+        n_det += len(scores)
+        n_truth += len(truth_labels)
+        if len(scores) == 0 or len(truth_labels) == 0:
+            continue
+        overlaps = box_iou(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(truth_boxes)).numpy()
+        overlaps[np.asarray(labels)[:, None] != np.asarray(truth_labels)[None, :]] = 0.0  # a class must match
+        matched = np.zeros(len(truth_labels), dtype=bool)
+        for d in np.argsort(-scores, kind="stable"):
+            candidates = np.where(matched, 0.0, overlaps[d])
+            best = int(candidates.argmax())
+            if candidates[best] >= iou:
+                matched[best] = True
+                hits += 1
+    return {
+        "recall": hits / max(n_truth, 1),
+        "precision": hits / max(n_det, 1),
+        "truths": n_truth,
+        "detections": n_det,
+    }
+
+
 def _spec():
     import cnnserve.models.yolo  # noqa: F401  (registers the YOLO names, whether or not the registry has loaded them yet)
     from cnnserve.models import get_spec
@@ -149,6 +190,37 @@ def evaluate(model, samples: Sequence[ShapesSample], *, batch_size: int = 64) ->
     )
     result["ap"] = {spec.labels[c]: round(v, 4) for c, v in result["ap"].items()}
     return result
+
+
+def evaluate_held_out(model, n: int = EVAL_IMAGES) -> dict:
+    """The held-out generator's scenes (``shapes_heldout``, each at its own size, resized as the service resizes
+    an upload): mAP@0.5 with AP per class, and recall / precision at IoU 0.5 at the service's default score
+    threshold — issue 19's goals are recall ≥ 0.8 with mAP ≥ 0.7 here."""
+    import torch
+    from cnnserve.export.yolo import YoloExport
+
+    from .shapes_heldout import make_held_out
+
+    spec = _spec()
+    samples = make_held_out(n, seed=HELD_OUT_SEED)
+    wrapped = YoloExport(model, spec).eval()
+    thresholds = torch.tensor(EVAL_SCORE_THRESHOLD), torch.tensor(EVAL_IOU_THRESHOLD)
+    predictions = []
+    with torch.no_grad():
+        for i in range(0, len(samples), 64):
+            images = torch.from_numpy(shapes_batch(samples[i : i + 64]))
+            boxes, scores, labels, counts = (t.numpy() for t in wrapped(images, *thresholds))
+            predictions += [(boxes[j, :c], scores[j, :c], labels[j, :c]) for j, c in enumerate(counts)]
+    truth = _scaled_truth(samples, spec.input_size)
+    result = mean_average_precision(predictions, truth, classes=range(spec.num_classes))
+    at = recall_precision(predictions, truth, score_threshold=OPERATING_SCORE_THRESHOLD)
+    return {
+        "map50": round(result["map"], 4),
+        "ap50": {spec.labels[c]: round(v, 4) for c, v in result["ap"].items()},
+        "recall50": round(at["recall"], 4),
+        "precision50": round(at["precision"], 4),
+        "objects": at["truths"],
+    }
 
 
 def _augment(images, boxes: list, generator):

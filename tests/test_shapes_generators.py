@@ -1,0 +1,83 @@
+"""The held-out shapes generator as a specification: seeded, truthful labels, different from the training one; and
+the shipped shapes demos' figures on it (the README's).
+
+``export/demos/shapes_heldout.py`` draws circles, squares and triangles its own way (NumPy rasterisation, other
+backgrounds, sizes, colours and degradations, each scene at its own size) so that the demos can be judged on scenes
+their training generator never made.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cnnserve.export.demos.shapes import CLASSES, HELD_OUT_SEED, make_dataset
+from cnnserve.export.demos.shapes_heldout import _held_out, make_held_out, resize_sample
+from cnnserve.export.weights import DEMO_WEIGHTS_DIR
+from cnnserve.models import build_model
+from safetensors.torch import load_file
+
+# The shipped weights on make_held_out(300, seed=HELD_OUT_SEED) — the README's figures. Issue 19's goals there
+# (YOLO recall@0.5 ≥ 0.8 with mAP@0.5 ≥ 0.7, U-Net mean IoU ≥ 0.8) are not met yet by these weights.
+YOLO_HELD_OUT = {"map50": 0.062, "recall50": 0.0607, "precision50": 0.3364}
+UNET_HELD_OUT_MIOU = 0.3978
+
+
+def test_a_scene_is_its_seed() -> None:
+    first, other = make_held_out(4, seed=5), make_held_out(4, seed=6)
+    fresh = _held_out.__wrapped__(4, 5)  # drawn again, not from the per-process cache
+    for a, b in zip(first, fresh, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.labels, b.labels)
+    assert not all(np.array_equal(a.image, c.image) for a, c in zip(first, other, strict=True))
+
+
+def test_masks_and_boxes_describe_the_drawn_shapes() -> None:
+    for sample in make_held_out(12, seed=5):
+        height, width = sample.mask.shape
+        assert sample.image.shape == (height, width, 3) and sample.image.dtype == np.uint8
+        assert len(sample.boxes) == len(sample.labels) >= 1
+        assert set(np.unique(sample.mask).tolist()) <= {0, *sample.labels.tolist()}
+        assert set(sample.labels.tolist()) <= set(range(1, len(CLASSES)))
+        for box, label in zip(sample.boxes.astype(int), sample.labels, strict=True):
+            x1, y1, x2, y2 = box
+            assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+            inside = sample.mask[y1:y2, x1:x2] == label
+            # The box is the tight extent of the object's visible pixels: each edge row and column holds some.
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+
+
+def test_held_out_scenes_come_at_their_own_sizes_and_resize_like_uploads() -> None:
+    held_out = make_held_out(12, seed=5)
+    sizes = {s.image.shape[:2] for s in held_out}
+    assert len(sizes) == len(held_out)  # every scene its own size and aspect
+    assert all(min(size) >= 64 for size in sizes) and any(h != w for h, w in sizes)
+    small = resize_sample(held_out[0], (128, 128))
+    scale = np.array([128 / held_out[0].image.shape[1], 128 / held_out[0].image.shape[0]] * 2, np.float32)
+    assert small.image.shape == (128, 128, 3) and small.mask.shape == (128, 128)
+    np.testing.assert_allclose(small.boxes, held_out[0].boxes * scale)
+
+
+def test_the_held_out_scenes_are_not_the_training_scenes() -> None:
+    train = make_dataset(30, seed=HELD_OUT_SEED)
+    held = [resize_sample(s, (128, 128)) for s in make_held_out(30, seed=HELD_OUT_SEED)]
+    assert not any(np.array_equal(a.image, b.image) for a, b in zip(train, held, strict=True))
+    assert {s.image.shape for s in train} == {(128, 128, 3)}  # the training generator draws at the input size
+
+
+def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
+    """The README's held-out figures are what the shipped weights measure (they fall short of issue 19's goals)."""
+    import cnnserve.models.unet  # noqa: F401
+    import cnnserve.models.yolo  # noqa: F401
+    from cnnserve.export.demos.unet_shapes import evaluate_held_out as unet_held_out
+    from cnnserve.export.demos.yolo_shapes import evaluate_held_out as yolo_held_out
+
+    yolo = build_model("yolov1_shapes").eval()
+    yolo.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / "yolov1_shapes.safetensors")), strict=True)
+    measured = yolo_held_out(yolo)
+    for key, value in YOLO_HELD_OUT.items():
+        assert measured[key] == pytest.approx(value, abs=1e-3), (key, measured)
+    unet = build_model("unet").eval()
+    unet.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / "unet.safetensors")), strict=True)
+    with torch.no_grad():
+        assert unet_held_out(unet)["mean_iou"] == pytest.approx(UNET_HELD_OUT_MIOU, abs=1e-3)
