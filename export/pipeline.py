@@ -24,7 +24,7 @@ from cnnserve import models
 
 from .onnx import INPUT_NAME, contract_for, export_onnx, write_metadata
 from .parity import PARITY_TOLERANCE, measure_parity, parity_batch
-from .precision import INPUT_DTYPES, PRECISIONS, add_uint8_input, convert_fp16, quantize_int8
+from .precision import INPUT_DTYPES, PRECISIONS, make_variant
 from .store import save_to_store
 from .weights import (
     apply_state_dict,
@@ -215,20 +215,19 @@ def _make_variant(
     extra_inputs: dict[str, float],
 ) -> None:
     """The checked fp32 file → the requested precision (and uint8 input) at ``path``."""
-    import shutil
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if precision == "fp16":
-        convert_fp16(fp32_path, path)
-    elif precision == "int8":
+    images = []
+    if precision == "int8":
         from .quality import calibration_images
 
         try:
             images = calibration_images(contract, folder=calibration)
         except ValueError as exc:
             raise ExportError(str(exc)) from None
-        quantize_int8(fp32_path, path, images, extra_inputs=extra_inputs)
-    else:
-        shutil.copy2(fp32_path, path)
-    if input_dtype == "uint8":
-        add_uint8_input(path)
+    make_variant(
+        fp32_path,
+        path,
+        precision=precision,
+        input_dtype=input_dtype,
+        calibration=images,
+        extra_inputs=extra_inputs,
+    )

@@ -206,25 +206,36 @@ def test_imagenet_classifier_keeps_top5_and_logit_direction(precision: str, tmp_
 
 
 def test_models_route_shows_the_variant_and_its_quality(tmp_path: Path) -> None:
-    """A served int8 variant answers like its fp32 file and `GET /models` shows its precision and quality drop."""
+    """Served int8 and fp16-u8 variants answer like their fp32 file and `GET /models` shows their precision and
+    quality drop; the fp16 file's scores are float32 probabilities, not fp16 values."""
     import requests
     from conftest import start_server, stop_server
 
     base_tag = export_model("lenet5", weights="demo", tag="lenet5").tag  # the session's private store
     tag = export_model("lenet5", weights="demo", precision="int8").tag
-    assert base_tag.startswith("lenet5:") and tag.startswith("lenet5-int8:")
-    server = start_server({"CNNSERVE_MODELS": "lenet5,lenet5-int8"}, tmp_path / "serve.log")
+    fp16_tag = export_model("lenet5", weights="demo", precision="fp16", input_dtype="uint8").tag
+    assert base_tag.startswith("lenet5:") and tag.startswith("lenet5-int8:") and fp16_tag.startswith("lenet5-fp16-u8:")
+    server = start_server({"CNNSERVE_MODELS": "lenet5,lenet5-int8,lenet5-fp16-u8"}, tmp_path / "serve.log")
     try:
         listed = {m["name"]: m for m in requests.get(f"{server.url}/models", timeout=30).json()["models"]}
-        variant, base = listed["lenet5-int8"], listed["lenet5"]
+        variant, base, fp16 = listed["lenet5-int8"], listed["lenet5"], listed["lenet5-fp16-u8"]
         assert variant["ready"] and variant["precision"] == "int8" and base["quality"] is None
         assert variant["quality"]["metric"] == "accuracy" and variant["quality"]["drop"] <= GATES["lenet5"]
+        assert fp16["ready"] and fp16["precision"] == "fp16" and fp16["quality"]["drop"] <= GATES["lenet5"]
         split = digits_split()
+        fp16_scores = []
         for pixels, label in zip(split.test_images[:5], split.test_labels[:5], strict=True):
-            files = {"image": ("d.png", digit_png(pixels), "image/png")}
-            answer = requests.post(
-                f"{server.url}/classify", files=files, data={"model": "lenet5-int8"}, timeout=30
-            ).json()
-            assert answer["predictions"][0]["label"] == str(label)
+            answers = {}
+            for model in ("lenet5", "lenet5-int8", "lenet5-fp16-u8"):
+                files = {"image": ("d.png", digit_png(pixels), "image/png")}
+                answers[model] = requests.post(
+                    f"{server.url}/classify", files=files, data={"model": model}, timeout=30
+                ).json()["predictions"]
+                assert answers[model][0]["label"] == str(label), model
+            top, top_fp16 = answers["lenet5"][0]["score"], answers["lenet5-fp16-u8"][0]["score"]
+            assert abs(top - top_fp16) <= 1e-2
+            fp16_scores += [p["score"] for p in answers["lenet5-fp16-u8"]]
+        fp16_valued = [s for s in fp16_scores if float(np.float16(s)) == s]
+        assert len(fp16_valued) <= len(fp16_scores) // 2, fp16_valued  # an fp16 output made every one of them so
     finally:
         stop_server(server)
