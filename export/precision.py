@@ -204,7 +204,7 @@ def convert_fp16(source: Path, target: Path, *, input_dtype: str = "float32") ->
     entry = _fold_input_normalisation(model)
     _prune(model.graph)
     keep_fp32 = [name for name in _outside_backbone(model) if name not in entry]
-    converted_by_onnxruntime = {node.name for node in model.graph.node}
+    source_nodes = {node.name for node in model.graph.node}
     converted = convert_float_to_float16(
         model,
         keep_io_types=True,
@@ -216,7 +216,7 @@ def convert_fp16(source: Path, target: Path, *, input_dtype: str = "float32") ->
     # for every blocked consumer under the same output name: keep one of each, in topological order.
     _drop_duplicate_producers(converted.graph)
     _topological_sort(converted.graph)
-    _remove_cast_round_trips(converted, added={n.name for n in converted.graph.node} - converted_by_onnxruntime)
+    _remove_cast_round_trips(converted, added={n.name for n in converted.graph.node} - source_nodes)
     _prune(converted.graph)
     _restore_names(converted.graph)
     _refresh_value_info(converted)
@@ -227,6 +227,7 @@ def convert_fp16(source: Path, target: Path, *, input_dtype: str = "float32") ->
 
 
 _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+_MOVERS = frozenset({"Pad", "Identity", "Reshape", "Transpose"})  # data in input 0, values moved, not computed
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 
 
@@ -260,10 +261,11 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
     A chain from ``images`` to a backbone input made only of Casts and of ``Add``/``Sub``/``Mul``/``Div`` by a
     per-channel constant — the uint8 input's ``Cast → Div(255)`` and :class:`export.wrappers.Normalize`'s
     ``(x − mean) / std`` — is one affine map ``x · scale + shift``: the backbone reads that instead (a ``Mul`` or
-    ``Add`` that would do nothing is left out). The old chain stays for any other consumer (the autoencoder's
-    error reads the [0, 1] pixels in fp32) and is pruned otherwise; ``Shape`` of any value on it reads
-    ``images`` (elementwise ops keep the shape), so nothing full-size is computed just for a shape. Folding into
-    the first convolution instead is not exact: its zero padding would pad raw pixels, not normalised ones.
+    ``Add`` that would do nothing is left out), through a copy of whatever only moves values between the two
+    (R-CNN's ``Pad`` to its stride). The old chain stays for any other consumer (the autoencoder's error reads the
+    [0, 1] pixels in fp32) and is pruned otherwise; ``Shape`` of any value on it reads ``images`` (elementwise ops
+    keep the shape), so nothing full-size is computed just for a shape. Folding into the first convolution instead
+    is not exact: its zero padding would pad raw pixels, not normalised ones.
     """
     graph = model.graph
     _name_nodes(model)
@@ -276,8 +278,13 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
     producers = {out: node for node in graph.node for out in node.output}
     backbone = backbone_nodes(graph)
 
-    def trace(name: str) -> list[onnx.NodeProto] | None:
-        """The chain of nodes from ``images`` to ``name`` (in order) when it is a per-channel affine map."""
+    def trace(name: str) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]] | None:
+        """The chain of nodes from ``images`` to ``name`` (in order) when it is a per-channel affine map followed by
+        ops that only move values (R-CNN pads the normalised image to its stride): (affine chain, movers)."""
+        movers: list[onnx.NodeProto] = []
+        while (node := producers.get(name)) is not None and node.op_type in _MOVERS:
+            movers.append(node)
+            name = node.input[0]
         chain: list[onnx.NodeProto] = []
         while name != INPUT_NAME:
             node = producers.get(name)
@@ -298,9 +305,9 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
             else:
                 return None
             chain.append(node)
-        return chain[::-1]
+        return (chain[::-1], movers[::-1]) if chain else None
 
-    entries: dict[str, list[onnx.NodeProto]] = {}  # a backbone input made outside it → the chain that makes it
+    entries: dict[str, tuple[list[onnx.NodeProto], list[onnx.NodeProto]]] = {}  # backbone input → trace()
     for node in graph.node:
         if node.name not in backbone:
             continue
@@ -311,7 +318,7 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
             if chain := trace(name):
                 entries[name] = chain
     new_nodes: list[onnx.NodeProto] = []
-    for k, (name, chain) in enumerate(entries.items()):
+    for k, (name, (chain, movers)) in enumerate(entries.items()):
         scale, shift = np.ones(channels), np.zeros(channels)
         for node in chain:
             if node.op_type == "Cast":
@@ -342,6 +349,13 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
                 )
                 steps.append(helper.make_node(op, [value, constant], [f"{constant}_out"], name=constant))
                 value = steps[-1].output[0]
+        for mover in movers:  # a copy, in fp16 with the entry (the original may have other consumers)
+            copy = onnx.NodeProto()
+            copy.CopyFrom(mover)
+            copy.name = f"entry_{mover.op_type.lower()}{suffix}"
+            copy.input[0], copy.output[:] = value, [f"{copy.name}_out"]
+            steps.append(copy)
+            value = copy.output[0]
         for node in graph.node:
             if node.name in backbone:
                 node.input[:] = [value if n == name else n for n in node.input]
@@ -350,8 +364,8 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
             if node.op_type == "Shape" and node.input[0] in on_chain:
                 node.input[0] = INPUT_NAME
         new_nodes += steps
-    for node in reversed(new_nodes):
-        graph.node.insert(0, node)
+    graph.node.extend(new_nodes)
+    _topological_sort(graph)  # a mover reads values computed later in the list (R-CNN's pads from the shape)
     if new_nodes:
         logger.info("fp16 entry: %s", " → ".join(node.op_type for node in new_nodes))
     return {node.name for node in new_nodes}
