@@ -8,8 +8,8 @@ Why it is shaped like this:
 * **Only the backbone changes precision.** :func:`backbone_nodes` finds the network proper by topology: every
   Conv / ConvTranspose / Gemm / MatMul node and every node on a path between two of them. What lies after the
   last (softmax, YOLO decode, score threshold, NMS, TopK, the autoencoder's sigmoid and its reconstruction error)
-  stays fp32 in both the fp16 and the int8 variants, so the numerically sensitive post-processing and the
-  contract's output dtypes and values never change. What lies before the first (the in-graph normalisation) stays
+  stays fp32 in both the fp16 and the int8 variants, so the numerically sensitive post-processing runs in
+  float32 and the contract's output dtypes never change. What lies before the first (the in-graph normalisation) stays
   fp32 in the int8 variant and becomes the fp16 variant's entry into its fp16 network.
 * **fp16** is onnxruntime's own converter (``onnxruntime.transformers.float16``) with ``keep_io_types=True`` and
   the nodes outside the backbone on its node block list, followed by three repairs that the converter needs (see
