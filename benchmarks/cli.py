@@ -17,6 +17,8 @@ def _fail(message: str) -> typer.Exit:
 bench_app = typer.Typer(
     add_completion=False,
     invoke_without_command=True,
+    rich_markup_mode=None,  # plain help, as `cnnserve --help`
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     help="Benchmarks. With no subcommand: the whole suite (runtime, served endpoint, peer) → benchmarks/RESULTS.md.",
 )
 
@@ -47,9 +49,13 @@ def bench(
     parts: Annotated[
         str, typer.Option(help="which parts: families,runtime,served,peer")
     ] = "families,runtime,served,peer",
-    output_dir: Annotated[Path, typer.Option(help="where RESULTS.md, results.json and the plots go")] = Path(
-        "benchmarks"
-    ),
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where RESULTS.md, results.json and the plots go (default: benchmarks/ for the whole suite as "
+            "committed, bench-results/ for a partial or changed run, so the committed results stay as they are)"
+        ),
+    ] = None,
     http: Annotated[str | None, typer.Option(help="load-test a running service at this URL (= bench http)")] = None,
     image: Annotated[Path | None, typer.Option(help="--http: the image to send (default: a digit)")] = None,
     route: Annotated[str, typer.Option(help="--http: endpoint")] = "/classify",
@@ -64,12 +70,14 @@ def bench(
     if http:
         _http_load(http, model, image, route, concurrency, duration, expect, output or Path("bench-results/load.json"))
         return
-    from .suite import run_suite
+    from .suite import ROOT, run_suite
 
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
     unknown = set(chosen) - {"families", "runtime", "served", "peer"}
     if unknown:
         raise _fail(f"unknown part(s) {', '.join(sorted(unknown))}; choose from families, runtime, served, peer")
+    if output_dir is None:
+        output_dir = ROOT / "benchmarks" if _is_committed_run(ctx) else Path("bench-results")
     try:
         run_suite(
             model=model,
@@ -85,6 +93,15 @@ def bench(
     except KeyError as exc:
         raise _fail(str(exc).strip("'\"")) from None
     typer.echo(f"results written to {output_dir / 'RESULTS.md'} and {output_dir / 'results.json'}")
+
+
+def _is_committed_run(ctx: typer.Context) -> bool:
+    """The whole suite with its default settings: the run whose results are committed in benchmarks/. Any option
+    that changes what is measured makes a different table, which must not replace that record."""
+    from click.core import ParameterSource
+
+    measured = ("model", "families", "batches", "clients", "duration", "repeats", "parts")
+    return all(ctx.get_parameter_source(name) is ParameterSource.DEFAULT for name in measured)
 
 
 def _http_load(
@@ -158,9 +175,9 @@ def bench_serve(
     peer_workers: Annotated[int, typer.Option(min=1, help="workers of the plain BentoML peer")] = 4,
     raw_batches: Annotated[str, typer.Option(help="batch sizes for raw onnxruntime")] = "1,8,64,256",
     client_processes: Annotated[int, typer.Option(min=0, help="load-generator processes (0 = auto)")] = 0,
-    output: Annotated[Path, typer.Option(help="results JSON (summary.md next to it)")] = Path(
-        "benchmarks/gpu/results.json"
-    ),
+    output: Annotated[
+        Path, typer.Option(help="results JSON, summary.md next to it (the GPU record: benchmarks/gpu/results.json)")
+    ] = Path("bench-results/serve.json"),
 ) -> None:
     """The served model under heavy load (1…256 clients, 640×480 JPEGs) against the peers it starts itself, with
     raw onnxruntime, the load generator's own ceiling, and a profile of what is busy; made for the GPU machine."""

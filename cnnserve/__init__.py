@@ -9,6 +9,10 @@ the GPU machine, where nothing is installed).
 
 import os as _os
 
+# The one version string: pyproject.toml reads it (dynamic version), the service's /openapi.json and /v2 show it,
+# and a bento, which carries this file but no installed distribution, has it too.
+__version__ = "0.1.0"
+
 _here = _os.path.dirname(_os.path.abspath(__file__))
 _source_root = _os.path.dirname(_here)
 if not _os.path.isdir(_os.path.join(_here, "service")) and _os.path.isfile(

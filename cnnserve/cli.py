@@ -1,4 +1,5 @@
-"""The ``cnnserve`` command line: list, export, train, score, tune, bench.
+"""cnnserve: vision networks exported to ONNX and served torch-free. Commands: list, export, train, score, tune,
+bento, export-repo, bench.
 
 Thin on purpose: each command parses its options and calls one function of ``cnnserve.export``, its demos,
 ``cnnserve.score`` or, in a source checkout, ``benchmarks``. Errors a user can fix end the command with a one-line
@@ -14,7 +15,15 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+# Help as plain text (click's layout: flags show no type, option values a name), and -h as well as --help.
+HELP = __doc__.split("\n\n")[0].replace("\n", " ")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=HELP,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 
 # `cnnserve train NAME` → (module, function); each trains reproducibly and writes <model>.safetensors + <model>.json.
 DEMOS: dict[str, tuple[str, str]] = {
@@ -31,28 +40,35 @@ def _fail(message: str) -> typer.Exit:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     # Our own progress at INFO; the exporter's libraries (onnxscript, onnx_ir) only when asked with -v.
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("cnnserve").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # the exporter's IR library warns about attributes of its own ops (aten::index_put's Constant)
+        logging.getLogger("onnx_ir").setLevel(logging.ERROR)
 
 
 @app.command("list")
 def list_cmd(task: Annotated[str | None, typer.Option(help="only this task")] = None) -> None:
-    """The model registry: name, task, input size, parameters, torchvision counterpart."""
+    """The model registry. Name, task, input size, parameters and the torchvision counterpart of every model."""
     import torch
 
     from cnnserve.models import build_model, get_spec, list_models
 
-    typer.echo(f"{'name':<26}{'task':<16}{'input':<14}{'params':>14}  torchvision")
+    rows = [("name", "task", "input", "params", "torchvision")]
     for name in list_models(task):
         spec = get_spec(name)
         with torch.device("meta"):  # counts parameters without allocating them (ViT-H/14 is 632 M)
             params = sum(p.numel() for p in build_model(name).parameters())
         size = f"{spec.in_channels}×{spec.input_size[0]}×{spec.input_size[1]}"
-        typer.echo(f"{name:<26}{spec.task:<16}{size:<14}{params:>14,}  {spec.torchvision or '-'}")
+        rows.append((name, spec.task, size, f"{params:,}", spec.torchvision or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:  # columns as wide as their longest cell, two spaces apart; parameters right-aligned
+        typer.echo(
+            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}"
+        )
 
 
 @app.command()
@@ -72,8 +88,10 @@ def export(
     defaults: Annotated[bool, typer.Option("--defaults", help="export the default set")] = False,
     missing_only: Annotated[bool, typer.Option(help="with --defaults: skip models already in the store")] = False,
 ) -> None:
-    """Build, load weights, export ONNX (dynamic batch), check parity, [make the fp16/int8/uint8 variant and
-    measure its quality drop], save to the BentoML model store."""
+    """Export a model to ONNX into the model store.
+
+    Builds the model, loads its weights, exports ONNX (dynamic batch), checks parity with PyTorch, makes the
+    fp16/int8/uint8 variant if asked (and measures its quality against fp32), saves to the BentoML model store."""
     from cnnserve.export import DEFAULT_EXPORTS, ExportError, export_model
     from cnnserve.export.pipeline import store_tag
     from cnnserve.export.weights import WeightsError
@@ -129,8 +147,12 @@ def train(
     output_dir: Annotated[
         Path | None, typer.Option(help="where to write the weights (default: models/weights)")
     ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="also write the run's report (metrics and timing) to this JSON file")
+    ] = None,
 ) -> None:
-    """Train a shipped demo model reproducibly (fixed seed) and write its weights + training record."""
+    """Train a shipped demo model. Reproducible (fixed seed): writes its weights and their sidecar; the timing
+    goes to the report printed here (and --report FILE), not into the tracked sidecar."""
     import importlib
     import json
 
@@ -141,7 +163,11 @@ def train(
     module, function = DEMOS[demo]
     trainer = getattr(importlib.import_module(module), function)
     record = trainer(output_dir or DEMO_WEIGHTS_DIR, log=typer.echo)
-    typer.echo(json.dumps(record, indent=2))
+    text = json.dumps(record, indent=2)
+    typer.echo(text)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(text + "\n")
 
 
 @app.command()
@@ -151,7 +177,7 @@ def bento(
     ] = None,
     version: Annotated[str | None, typer.Option(help="bento version (default: generated)")] = None,
 ) -> None:
-    """Build the torch-free serving bento (bentofile.yaml) with the chosen exported models inside."""
+    """Build the serving bento. Torch-free (bentofile.yaml), with the chosen exported models inside."""
     from cnnserve.service.errors import ServeError
     from cnnserve.service.settings import get_settings
 
@@ -172,7 +198,7 @@ def export_repo(
     max_batch_size: Annotated[int, typer.Option(min=1, help="Triton's max_batch_size for batchable models")] = 16,
     max_queue_delay_us: Annotated[int, typer.Option(min=0, help="dynamic batching: longest wait (µs)")] = 1000,
 ) -> None:
-    """Write a Triton / KServe model repository (<model>/1/model.onnx + config.pbtxt) from the store."""
+    """Write a Triton / KServe model repository. <model>/1/model.onnx + config.pbtxt from the store."""
     from cnnserve.service.errors import ServeError
 
     from .export_repo import export_repository
@@ -205,7 +231,7 @@ def score(
         str | None, typer.Option(help="ray: cluster to join (auto, ray://HOST:10001); default a local Ray")
     ] = None,
 ) -> None:
-    """Batch scoring: one record per image, the same answer as the HTTP service."""
+    """Score files in batches. One record per image, the same answer as the HTTP service."""
     from tqdm import tqdm
 
     from cnnserve.service.errors import ServeError
@@ -263,7 +289,7 @@ def tune(
     ] = None,
     defaults: Annotated[Path | None, typer.Option(help="also merge the curves into this family defaults file")] = None,
 ) -> None:
-    """Measure each model's batch-cost curve on this machine; the service then batches each model by its own."""
+    """Measure batch-cost curves here. The service then batches each model by its own curve."""
     from cnnserve.service.errors import ServeError
 
     from .tune import tune as run_tune
@@ -286,7 +312,7 @@ def tune(
     add_help_option=False,
 )
 def bench(ctx: typer.Context) -> None:
-    """Benchmarks (suite, serve, serving-cpu, http, runtime): `cnnserve bench --help` lists them.
+    """Run the benchmarks (source checkout only). `cnnserve bench --help` lists them.
 
     They live with the source checkout (``benchmarks/``), outside the product package, and run as their own
     program (``python -m benchmarks``), the way ``git foo`` runs ``git-foo``: the package never imports them."""

@@ -36,8 +36,10 @@ def _export_one(tag: str, directory: Path, *, max_batch_size: int, max_queue_del
     entry = find_entry(tag)
     if entry.path is None or not entry.path.is_file():
         raise ModelNotFound(f"store entry {tag!r} is broken: {entry.error or 'its ONNX file is missing'}")
+    options = ort.SessionOptions()  # only the graph's inputs and outputs are read: no optimisation to run
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(entry.path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         raise ModelNotFound(f"store entry {tag!r} is not a loadable ONNX file: {exc}") from None
     inputs = [_tensor(a) for a in session.get_inputs()]

@@ -71,7 +71,7 @@ def ray_chunks(
         fn_constructor_kwargs={"config": config, "model": [model_ref], "cwd": os.getcwd()},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=max(1, actors),
+        compute=ray.data.ActorPoolStrategy(size=max(1, actors)),  # a fixed pool (`concurrency=` is deprecated)
         num_cpus=1,
     )
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):

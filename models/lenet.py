@@ -50,6 +50,7 @@ class LeNet5(nn.Module):
         family="lenet",
         input_size=(32, 32),
         in_channels=1,
+        background=(0, 0, 0),  # the digits: light ink on black
         mean=(0.5,),
         std=(0.5,),
         num_classes=10,

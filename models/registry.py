@@ -63,6 +63,9 @@ class ModelSpec:
     # resize_size unless the longer would pass max_size, the aspect is kept and nothing is cropped.
     max_size: int | None = None
     interpolation: str = "bilinear"
+    # The RGB colour of the data's background, where transparent pixels of an upload are composited: white for
+    # photos (a transparent area reads as paper), black for the digits (light ink on black).
+    background: tuple[int, int, int] = (255, 255, 255)
     num_classes: int = 1000
     labels: tuple[str, ...] | None = None
     torchvision: str | None = None

@@ -34,16 +34,37 @@ class Catalog:
     def any_ready(self) -> bool:
         return any(info.ready for info in self)
 
+    def readiness(self) -> str | None:
+        """Why the service is not ready (no model is ready: with none, there is nothing a request could get but a
+        503), or None when it is. ``/readyz`` and ``/v2/health/ready`` both answer from this one rule."""
+        if self.any_ready:
+            return None
+        if not self.runners:
+            return "no model is served: the model store has none; export some with `cnnserve export --defaults`"
+        problems = "; ".join(f"{info.name}: {info.error or 'not loaded'}" for info in self)
+        return f"no model is ready ({problems}); GET /models has the details"
+
+    def default_model(self, task: Task) -> str | None:
+        """The model that answers ``task``'s requests that name none, fixed by what is served — never by which
+        model was exported last: the default set's model of the endpoint (``Task.default_model``) when it is
+        served; otherwise the first served model of the endpoint's model tasks, in the task's order (/segment:
+        semantic, then instance) and then in the served order (``CNNSERVE_MODELS`` as written, else by name)."""
+        if task.default_model in self.runners:
+            return task.default_model
+        for model_task in task.serves:
+            for name, runner in self.runners.items():
+                if runner.info.task == model_task:
+                    return name
+        return None
+
     def pick(self, task: Task, name: str | None) -> Runner:
-        """The named model (404 unknown, 503 not ready, 400 a model of another task) or, with no name, the first
-        ready model of the task's model tasks, in the task's order (/segment: semantic models, then instance)."""
+        """The named model, or with no name the endpoint's :meth:`default_model` (404 unknown, 503 not ready,
+        400 a model of another task)."""
         wanted = " or ".join(task.serves)
         if not name:
-            for model_task in task.serves:
-                for runner in self.runners.values():
-                    if runner.info.task == model_task and runner.info.ready:
-                        return runner
-            raise ModelNotFound(f"no {wanted} model is loaded; export one with `cnnserve export` and restart")
+            name = self.default_model(task)
+            if name is None:
+                raise ModelNotFound(f"no {wanted} model is served; export one with `cnnserve export` and restart")
         runner = self.runners.get(name)
         if runner is None:
             known = ", ".join(self.runners) or "none"

@@ -86,6 +86,11 @@ class ModelContract(BaseModel):
     input_dtype: Literal["float32", "uint8"] = "float32"
     dynamic_hw: bool = False
     size_multiple: int = 1
+    background: tuple[int, int, int] = Field(
+        (255, 255, 255),
+        description="RGB that transparent pixels are composited on: the background of the model's data (white "
+        "for photos; black for the digits demos, light ink on black). Files exported without it: white",
+    )
 
     # --- the output ----------------------------------------------------------------------------------------------
     num_classes: int = 0
@@ -112,6 +117,7 @@ class ModelContract(BaseModel):
             resize_size=self.resize_size,
             max_size=self.max_size,
             interpolation=self.interpolation,
+            background=self.background,
         )
 
     def label(self, index: int) -> str:

@@ -67,6 +67,7 @@ class Preprocess:
     resize_size: int | None = None
     max_size: int | None = None
     interpolation: str = "bilinear"
+    background: tuple[int, int, int] = (255, 255, 255)  # what transparent pixels are composited on
 
 
 def draft_request(width: int, height: int, pre: Preprocess, min_ratio: float) -> tuple[int, int] | None:
@@ -180,11 +181,13 @@ def _sixteen_bit_to_8(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
 
-def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Any Pillow mode → ``RGB`` (3 channels) or ``L`` (1 channel), the way a person would expect it to look.
+def to_model_mode(img: Image.Image, channels: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any Pillow mode → ``RGB`` (3 channels) or ``L`` (1 channel), the way the model would expect it to look.
 
-    Transparency is composited on white (how the image looks on a page), 16-bit and float images are scaled
-    rather than clipped, CMYK and palette images go through Pillow's conversions.
+    Transparency is composited on ``background``: the model's own (``ModelContract.background``: white for photos,
+    where a transparent area reads as paper; black for the digits demos, which learned light ink on black, so a
+    white digit on a transparent background reads as the digit). 16-bit and float images are scaled rather than
+    clipped, CMYK and palette images go through Pillow's conversions.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         img = _sixteen_bit_to_8(img)
@@ -192,8 +195,8 @@ def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+        backdrop = Image.new("RGBA", rgba.size, (*background, 255))
+        img = Image.alpha_composite(backdrop, rgba)
     target = "L" if channels == 1 else "RGB"
     return img if img.mode == target else img.convert(target)
 
@@ -247,7 +250,7 @@ def preprocess_uint8(img: Image.Image, pre: Preprocess) -> np.ndarray:
 
     What the service passes between its processes: a quarter of float32's bytes. ``LoadedModel.run`` converts to
     the file's input type (float32 [0, 1], or uint8 for a variant that casts in its graph)."""
-    img = _resize_crop(to_model_mode(img, pre.in_channels), pre)
+    img = _resize_crop(to_model_mode(img, pre.in_channels, pre.background), pre)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

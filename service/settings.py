@@ -142,7 +142,7 @@ class Settings(BaseSettings):
 
     @property
     def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
+        return int(self.max_upload_mb * 1_000_000)  # MB = 10⁶ bytes, as every size the service reports
 
 
 @lru_cache(maxsize=1)

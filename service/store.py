@@ -46,7 +46,8 @@ def find_entry(tag: str) -> StoreEntry:
 
 
 def list_entries() -> list[StoreEntry]:
-    """The newest version of every cnnserve model in the store, by name."""
+    """The newest version of every cnnserve model in the store, sorted by name (a stable order: a new export does
+    not move the others)."""
     newest: dict[str, bentoml.Model] = {}
     for model in bentoml.models.list():
         if model.info.labels.get(STORE_LABEL) != "onnx":
@@ -54,7 +55,7 @@ def list_entries() -> list[StoreEntry]:
         seen = newest.get(model.tag.name)
         if seen is None or model.info.creation_time > seen.info.creation_time:
             newest[model.tag.name] = model
-    return [_entry(m) for m in sorted(newest.values(), key=lambda m: m.info.creation_time)]
+    return [_entry(newest[name]) for name in sorted(newest)]
 
 
 def resolve_model_file(tag_or_path: str) -> tuple[str, Path]:

@@ -14,10 +14,11 @@ import requests
 from cnnserve.export.demos.digits import digit_png, digits_split
 
 CNNSERVE = str(Path(sys.executable).parent / "cnnserve")
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([CNNSERVE, *args], capture_output=True, text=True, env=os.environ, timeout=600)
+def run(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([CNNSERVE, *args], capture_output=True, text=True, env=os.environ, timeout=600, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"cnnserve {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -129,12 +130,17 @@ def test_bench_runtime_writes_results(tmp_path: Path) -> None:
 
 
 def test_bench_suite_writes_results_table_and_plots(tmp_path: Path) -> None:
-    """The in-process parts of `cnnserve bench` (the served and peer parts are in the slow run of the suite)."""
-    out = tmp_path / "bench"
-    run(
+    """The in-process parts of `cnnserve bench` (the served and peer parts are in the slow run of the suite). A
+    partial run writes beside the committed results (bench-results/ where it runs), never over them."""
+    committed = ROOT / "benchmarks"
+    before = {p.name: p.read_bytes() for p in committed.iterdir() if p.is_file()}
+    out = tmp_path / "bench-results"
+    done = run(
         "bench", "--model", "lenet5", "--families", "lenet5", "--batches", "1,4", "--repeats", "2",
-        "--parts", "families,runtime", "--output-dir", str(out),
+        "--parts", "families,runtime", cwd=tmp_path,
     )  # fmt: skip
+    assert "bench-results/RESULTS.md" in done.stdout
+    assert {p.name: p.read_bytes() for p in committed.iterdir() if p.is_file()} == before
     result = json.loads((out / "results.json").read_text())
     assert set(result["families"]) == {"lenet5"}
     assert {(r["runtime"], r["batch"]) for r in result["runtime"] if "median_ms" in r} == {

@@ -33,12 +33,31 @@ def test_shipped_weights_reach_97_percent_on_the_held_out_split() -> None:
     assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-4)  # the README's number is this one
 
 
+def test_shipped_sidecars_hold_no_run_timing() -> None:
+    """A sidecar is committed with its weights: a retrain must not change it by how long the run took."""
+    from cnnserve.export.demos.records import RUN_ONLY_KEYS
+
+    sidecars = sorted(DEMO_WEIGHTS_DIR.glob("*.json"))
+    assert sidecars
+    for path in sidecars:
+        assert not set(json.loads(path.read_text())) & set(RUN_ONLY_KEYS), path.name
+
+
 @pytest.mark.slow
 def test_training_is_reproducible(tmp_path: Path) -> None:
     cli = str(Path(sys.executable).parent / "cnnserve")
-    subprocess.run([cli, "train", "lenet5-digits", "--output-dir", str(tmp_path)], check=True, env=os.environ)
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [cli, "train", "lenet5-digits", "--output-dir", str(tmp_path), "--report", str(report)],
+        check=True,
+        env=os.environ,
+    )
     record = json.loads((tmp_path / "lenet5.json").read_text())
     assert record["test_accuracy"] >= 0.97
     assert _accuracy(load_file(str(tmp_path / "lenet5.safetensors"))) == pytest.approx(
         record["test_accuracy"], abs=1e-4
     )
+    # the sidecar is the shipped one, byte for byte (a retrain in the checkout leaves it unmodified) ...
+    assert (tmp_path / "lenet5.json").read_bytes() == (DEMO_WEIGHTS_DIR / "lenet5.json").read_bytes()
+    # ... and the run's timing is in its report
+    assert json.loads(report.read_text())["train_seconds"] > 0

@@ -14,7 +14,6 @@ the 99th percentile of the training digits' clean reconstruction errors.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from .digits import SEED as SPLIT_SEED
 from .digits import TEST_FRACTION, digit_image, digits_split
+from .records import write_record
 
 __all__ = [
     "NORMAL_DIGITS",
@@ -216,7 +216,7 @@ def train_cae_digits(
         "torch": torch.__version__,
         "onnx_metadata": {"threshold": float(f"{metrics['threshold']:.6g}")},
     }
-    (output_dir / "cae.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_record(output_dir / "cae.json", record)
     log(
         f"AUROC(8/9 vs 0–7) {metrics['auroc_8_9']:.4f}; PSNR at σ={EVAL_SIGMA}: noisy {metrics['psnr_noisy_db']:.2f} dB"
         f" → denoised {metrics['psnr_denoised_db']:.2f} dB; trained in {seconds:.0f} s"

@@ -8,13 +8,14 @@ the accuracy a client gets over HTTP. Like the data set, the model expects light
 from __future__ import annotations
 
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .records import write_record
 
 __all__ = ["DigitsSplit", "digits_split", "digit_image", "digit_png", "train_lenet5_digits"]
 
@@ -120,6 +121,6 @@ def train_lenet5_digits(output_dir: Path, *, epochs: int = 30, seed: int = SEED,
         "train_seconds": round(time.perf_counter() - start, 1),
         "torch": torch.__version__,
     }
-    (output_dir / "lenet5.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_record(output_dir / "lenet5.json", record)
     log(f"test accuracy {accuracy:.2%} on {len(x_test)} held-out digits in {record['train_seconds']} s")
     return record

@@ -9,13 +9,13 @@ flips), which maps every class onto itself: squares stay axis-aligned, circles a
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .records import write_record
 from .shapes import CLASSES, HELD_OUT_SEED, TRAIN_SEED, make_dataset
 
 __all__ = [
@@ -212,6 +212,6 @@ def train_unet_shapes(
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
     }
-    (output_dir / "unet.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_record(output_dir / "unet.json", record)
     log(f"mean IoU {metrics['mean_iou']:.4f} on {HELD_OUT_SCENES} held-out scenes; trained in {seconds:.0f} s")
     return record

@@ -14,7 +14,6 @@ reproduces.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .records import write_record
 from .shapes import HELD_OUT_SEED, TRAIN_SEED, ShapesSample, make_dataset
 
 __all__ = [
@@ -321,6 +321,6 @@ def train_yolo_shapes(
         "seconds": round(train_seconds, 1),
         "torch": torch.__version__,
     }
-    (output_dir / f"{MODEL}.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_record(output_dir / f"{MODEL}.json", record)
     log(f"mAP@0.5 {result['map']:.3f} on {eval_images} held-out scenes {result['ap']}; trained {train_seconds:.0f} s")
     return record

@@ -12,6 +12,7 @@ documented with ``openapi_extra`` because it is parsed here, not by FastAPI.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -19,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from ... import __version__
 from ..errors import ServeError
 from ..imaging import decode_image, preprocess_uint8
 from ..tasks import ImageAnswer, Task, all_tasks
@@ -139,7 +144,52 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
-app = FastAPI(title="cnnserve", docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+app = FastAPI(
+    title="cnnserve",
+    version=__version__,
+    description="Classic vision networks exported to ONNX, served on onnxruntime. Every error is "
+    '`{"error": "..."}`; the page to try the models is at `/`.',
+    docs_url=None,  # ours below: Swagger UI from local files, never a CDN
+    openapi_url="/openapi.json",
+    redoc_url=None,
+)
+
+# Swagger UI from the files the BentoML wheel ships (Swagger UI 5, which reads OpenAPI 3.1), served by this app:
+# `/docs` works offline and under the page's policy of nothing from a CDN.
+_SWAGGER_UI = Path(importlib.util.find_spec("bentoml._internal.server").origin).parent / "static_content"
+
+
+@app.get("/docs", include_in_schema=False)
+async def docs() -> Response:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"cnnserve {__version__} — API",
+        swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs/assets/swagger-ui.css",
+        swagger_favicon_url="/docs/assets/favicon-light-32x32.png",
+    )
+
+
+app.mount("/docs/assets", StaticFiles(directory=_SWAGGER_UI), name="docs-assets")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own 404 and 405 in the contract's shape, saying what to do instead."""
+    if exc.status_code == 404:
+        message = f"there is no {request.url.path}; the routes are listed at /docs"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"error": problems or "the request does not match the API"}, status_code=422)
 
 
 def _add_route(task: Task) -> None:

@@ -22,11 +22,11 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
+from ... import __version__
 from ..catalog import Catalog
 from ..contract import TensorInfo
 from ..errors import BadInput, ModelNotFound
@@ -114,10 +114,8 @@ class Output:
 
 
 def server_version() -> str:
-    try:
-        return version("cnnserve")
-    except PackageNotFoundError:
-        return "unknown"
+    """The package's version (``cnnserve.__version__``: also there in a bento, which has no installed wheel)."""
+    return __version__
 
 
 # --- models ---------------------------------------------------------------------------------------------------------

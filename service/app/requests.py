@@ -32,12 +32,17 @@ class ImageRequest:
     fields: dict[str, Any]
 
 
+def megabytes(size: int) -> str:
+    """A byte count for people, in the unit of ``CNNSERVE_MAX_UPLOAD_MB``: MB = 10⁶ bytes (one unit system)."""
+    return f"{size / 1e6:.1f} MB" if size % 100_000 else f"{size / 1e6:g} MB"
+
+
 def _decode_base64(text: str, limit: int) -> bytes:
     text = text.strip()
     if text.startswith("data:"):
         text = text.partition(",")[2]
     if len(text) * 3 // 4 > limit:
-        raise PayloadTooLarge(f"the image is over the upload limit of {limit / 2**20:g} MB")
+        raise PayloadTooLarge(f"the image is over the upload limit of {megabytes(limit)}")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -48,9 +53,10 @@ class _Body:
     """A request body counted as it arrives: refused with a 413 as soon as it passes ``limit``, and remembered as
     complete or not, so that a refused body can be drained (:func:`drain_refused_body`)."""
 
-    def __init__(self, request: Request, limit: int) -> None:
+    def __init__(self, request: Request, limit: int, upload_limit: int | None = None) -> None:
         self._receive = request.receive
         self.limit = limit
+        self.upload_limit = upload_limit or limit  # the limit as the user set it (``limit`` adds base64's share)
         self.received = 0
         self.complete = False
 
@@ -60,7 +66,7 @@ class _Body:
             self.received += len(message.get("body", b""))
             self.complete = not message.get("more_body", False)
             if self.received > self.limit:
-                raise PayloadTooLarge(f"the upload is over the limit of {self.limit / 2**20:.0f} MB")
+                raise PayloadTooLarge(f"the upload is over the limit of {megabytes(self.upload_limit)}")
         else:  # http.disconnect
             self.complete = True
         return message
@@ -95,10 +101,8 @@ async def parse_image_request(request: Request, limit: int) -> ImageRequest:
     """multipart / JSON / raw body → :class:`ImageRequest`; :class:`ServeError` for anything malformed."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit * 4 // 3 + 65536:
-        raise PayloadTooLarge(
-            f"the request is {int(length) / 2**20:.1f} MB, over the upload limit of {limit / 2**20:g} MB"
-        )
-    body = request.scope["cnnserve.body"] = _Body(request, limit * 4 // 3 + 65536)  # chunked: no Content-Length
+        raise PayloadTooLarge(f"the request is {megabytes(int(length))}, over the upload limit of {megabytes(limit)}")
+    body = request.scope["cnnserve.body"] = _Body(request, limit * 4 // 3 + 65536, limit)  # chunked: no Content-Length
     request = Request(request.scope, body.receive)
     fields: dict[str, Any] = dict(request.query_params.items())
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -140,5 +144,5 @@ async def parse_image_request(request: Request, limit: int) -> ImageRequest:
             "JSON with a base64 `image`, or the raw image bytes with an image/* content type"
         )
     if len(data) > limit:
-        raise PayloadTooLarge(f"the upload is {len(data) / 2**20:.1f} MB, over the limit of {limit / 2**20:g} MB")
+        raise PayloadTooLarge(f"the upload is {megabytes(len(data))}, over the limit of {megabytes(limit)}")
     return ImageRequest(data, fields)

@@ -58,6 +58,11 @@ class Endpoint(BaseModel):
     route: str
     title: str
     tasks: list[str] = Field(description="the model tasks it answers for, in the order a default is picked")
+    default_model: str | None = Field(
+        None,
+        description="the model that answers a request naming none: the default set's model of this endpoint when "
+        "it is served, else the first served model of its tasks (CNNSERVE_MODELS order, else by name)",
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -72,5 +77,8 @@ class ErrorResponse(BaseModel):
 def models_response(catalog: Catalog) -> ModelsResponse:
     return ModelsResponse(
         models=[ModelStatus.of(info) for info in catalog],
-        endpoints=[Endpoint(route=t.route, title=t.title, tasks=list(t.serves)) for t in all_tasks()],
+        endpoints=[
+            Endpoint(route=t.route, title=t.title, tasks=list(t.serves), default_model=catalog.default_model(t))
+            for t in all_tasks()
+        ],
     )

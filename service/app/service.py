@@ -32,6 +32,8 @@ from typing import Any
 
 import bentoml
 
+from .json_errors import JSONErrors  # starlette only, which BentoML itself needs
+
 with bentoml.importing():
     import aiohttp
     import anyio
@@ -185,6 +187,12 @@ class CNNServe:
         self.catalog = Catalog() if self.two_tier else _local_catalog(self.settings, self.metrics)
         self.grpc_server: Any = None
 
+    def __is_ready__(self) -> bool:
+        """BentoML's ``/readyz``: ready once at least one model is (``Catalog.readiness``, the rule
+        ``/v2/health/ready`` uses too). With no model ready every request could only get a 503, so a load
+        balancer must not send any; ``/models`` and the start-up log say why."""
+        return self.catalog.readiness() is None
+
     @bentoml.on_startup
     async def _start(self) -> None:
         """In this order: the models (two tiers: from the model tier), then gRPC beside HTTP."""
@@ -231,3 +239,7 @@ class CNNServe:
                 for d in described["models"]
             }
         )
+
+
+# BentoML answers a few errors itself in plain text (``/readyz``'s 503); the contract's shape is {"error": ...}.
+CNNServe.add_asgi_middleware(JSONErrors)

@@ -55,10 +55,12 @@ async def server_live() -> Response:
 
 @router.get("/health/ready")
 async def server_ready() -> Response:
-    """Ready when at least one model is: one broken model must not take the others out of a load balancer."""
-    if current().catalog.any_ready:
+    """Ready when at least one model is: one broken model must not take the others out of a load balancer. The
+    same rule as ``/readyz`` (``Catalog.readiness``), so the two never disagree."""
+    problem = current().catalog.readiness()
+    if problem is None:
         return Response(status_code=200)
-    return JSONResponse({"error": "no model is ready; see GET /models"}, status_code=503)
+    return JSONResponse({"error": problem}, status_code=503)
 
 
 # --- statistics and repository (before /models/{name}, which would take "stats" for a model name) ------------------

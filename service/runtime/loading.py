@@ -46,7 +46,8 @@ def load_served_models(settings: Settings) -> dict[str, OnnxModel]:
         logger.warning("no models to serve: the store has none; run `cnnserve export --defaults`")
 
     def load(entry: StoreEntry) -> OnnxModel:
-        if entry.path is None:
+        if entry.path is None:  # a tag not in the store (a typo in CNNSERVE_MODELS?) or a broken entry
+            logger.error("model %s is not served: %s", entry.name, entry.error)
             return OnnxModel(ModelInfo(name=entry.name, error=entry.error), None)
         return load_model(
             entry.name,

@@ -15,11 +15,14 @@
   the batcher forms few shapes). The arena grows by what is requested, not the next power of two
   (``kSameAsRequested`` via a process-wide arena shared by every session — one pool instead of one per model).
 * **Graph optimisation** ``ORT_ENABLE_ALL`` (constant folding, Conv+BN/activation fusion, and on CPU the NCHWc
-  layout transformer, which matters for convolutions). Its result depends on the file, the onnxruntime version,
-  the providers and the CPU (NCHWc picks the vector width), so the optimised graph is written to a cache keyed by
-  all four (``SessionOptions.optimized_model_filepath``) and a restart loads it with optimisation off. The 64 most
-  recently used graphs are kept (every new export is a new key). A cache directory that cannot be written is
-  skipped silently (logged at DEBUG): the model still loads, just slower.
+  layout transformer, which matters for convolutions). The cache keeps the *portable* part: the graph optimised
+  at ``ORT_ENABLE_EXTENDED`` (folding and fusions, the slow part) is written once (``optimized_model_filepath``),
+  and every session — the first one included — is built from it at ``ORT_ENABLE_ALL``, which adds the layout
+  transformation for this CPU at load. onnxruntime warns when asked to serialise a graph with NCHWc nodes (they
+  are specific to the CPU that made them), so a cached file never has them. The key still covers the file, the
+  onnxruntime version, the providers and the CPU. The 64 most recently used graphs are kept (every new export is
+  a new key). A cache directory that cannot be written is skipped silently (logged at DEBUG): the model still
+  loads, just slower.
 """
 
 from __future__ import annotations
@@ -296,10 +299,9 @@ def create_session(
     )
     if not cacheable or not _writable_dir(config.cache_dir):
         return ort.InferenceSession(str(path), sess_options=options, providers=providers), "off"
-    cached = config.cache_dir / f"{cache_key(path, providers)}.onnx"
+    cached = config.cache_dir / f"{cache_key(path, providers, level='extended')}.onnx"
     if cached.is_file():
         try:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             session = ort.InferenceSession(str(cached), sess_options=options, providers=providers)
             with contextlib.suppress(OSError):
                 os.utime(cached)  # recently used: kept by the pruning below
@@ -308,19 +310,17 @@ def create_session(
             logger.warning("ignoring the cached optimised graph %s: %s", cached, exc)
             options = config.options(cores)
     partial = cached.with_name(f"{cached.stem}.{os.getpid()}.partial.onnx")
-    options.optimized_model_filepath = str(partial)
+    writer = config.options(cores)
+    writer.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable: no NCHWc nodes
+    writer.optimized_model_filepath = str(partial)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # e.g. the cache filled the disk: load without it (a bad model fails here again)
+        ort.InferenceSession(str(path), sess_options=writer, providers=providers)
+        os.replace(partial, cached)  # atomic: another worker loading the same model never sees half a file
+    except Exception as exc:  # e.g. the cache filled the disk: load without it (a bad model fails below again)
         partial.unlink(missing_ok=True)
         logger.debug("optimised-graph cache skipped for %s: %s", path, exc)
-        return ort.InferenceSession(str(path), sess_options=config.options(cores), providers=providers), "off"
-    try:
-        os.replace(partial, cached)  # atomic: another worker loading the same model never sees half a file
-    except OSError as exc:
-        logger.debug("could not cache the optimised graph at %s: %s", cached, exc)
-        partial.unlink(missing_ok=True)
-        return session, "off"
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers), "off"
+    session = ort.InferenceSession(str(cached), sess_options=options, providers=providers)
     _prune(config.cache_dir, keep=config.cache_entries)
     return session, "written"
 

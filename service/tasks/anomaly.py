@@ -35,6 +35,7 @@ class AnomalyTask(Task):
     title = "Anomaly"
     summary = "How unlike the training data the image is: reconstruction error against the calibrated threshold."
     serves = ("autoencoder",)
+    default_model = "cae"
     Options = AnomalyOptions
     Response = AnomalyResponse
     png_fields = ("heatmap",)

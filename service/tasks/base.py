@@ -30,7 +30,9 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    model: str | None = Field(None, description="served model name; default: the first ready model of the task")
+    model: str | None = Field(
+        None, description="served model name; default: the endpoint's default model (GET /models: endpoints)"
+    )
 
 
 class ImageAnswer(BaseModel):
@@ -63,6 +65,9 @@ class Task:
     summary: ClassVar[str]  # one line for /docs
     description: ClassVar[str] = ""  # more for /docs, when the options need it
     serves: ClassVar[tuple[str, ...]]  # the model tasks it answers for, in the order a default model is picked
+    # The default set's model for this endpoint (what `make serve` exports): it answers a request that names no
+    # model whenever it is served, however many other models are (service.catalog.Catalog.default_model).
+    default_model: ClassVar[str | None] = None
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     Response: ClassVar[type[BaseModel] | None] = None  # None: the answer is an image (ImageAnswer)
     # JPEGs may be decoded at reduced size: the answer does not depend on the upload's pixel geometry.

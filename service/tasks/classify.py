@@ -69,6 +69,7 @@ class ClassifyTask(Task):
     title = "Classify"
     summary = "Top-k classes of one image, probabilities best first."
     serves = ("classification",)
+    default_model = "lenet5"
     Options = ClassifyOptions
     Response = ClassifyResponse
     draft_decode = True

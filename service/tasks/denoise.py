@@ -29,6 +29,7 @@ class DenoiseTask(Task):
     title = "Denoise"
     summary = "The image as the autoencoder reconstructs it (noise removed): a PNG of the upload's size and mode."
     serves = ("autoencoder",)
+    default_model = "cae"
     record_key = "denoised"
 
     def answer(self, model, contract, outputs: Outputs, upload, pixels, options: TaskOptions) -> ImageAnswer:

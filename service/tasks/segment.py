@@ -68,6 +68,7 @@ class SegmentTask(Task):
         "with a key."
     )
     serves = ("semantic_segmentation", "instance_segmentation")
+    default_model = "unet"
     Options = SegmentOptions
     Response = SegmentResponse
     png_fields = ("mask", "overlay", "rendered")

@@ -90,7 +90,9 @@ async function loadModels() {
     return;
   }
   state.models = body.models;
-  ENDPOINTS = (body.endpoints || []).map((e) => ({ path: e.route.replace(/^\//, ""), title: e.title, tasks: e.tasks }));
+  ENDPOINTS = (body.endpoints || []).map((e) => ({
+    path: e.route.replace(/^\//, ""), title: e.title, tasks: e.tasks, defaultModel: e.default_model,
+  }));
   renderModelTables();
   renderEndpoints();
 }
@@ -170,7 +172,9 @@ function renderModelSelect() {
   select.replaceChildren(...groups);
   const names = endpoint ? [...modelsFor(endpoint), ...unplaced].map((m) => m.name) : [];
   const ready = endpoint ? modelsFor(endpoint).filter((m) => m.ready).map((m) => m.name) : [];
-  select.value = names.includes(previous) ? previous : ready[0] || names[0] || "";
+  // The service's default for the endpoint (what a request naming no model gets), unless the person chose one.
+  const preferred = endpoint && names.includes(endpoint.defaultModel) ? endpoint.defaultModel : ready[0];
+  select.value = names.includes(previous) ? previous : preferred || names[0] || "";
   select.disabled = names.length === 0;
   for (const field of document.querySelectorAll("[data-for]")) field.hidden = field.dataset.for !== endpoint?.path;
   updateRunButton();
