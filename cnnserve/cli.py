@@ -1,5 +1,5 @@
-"""cnnserve: vision networks exported to ONNX and served torch-free. Commands: list, export, train, score, tune,
-bento, export-repo, bench.
+"""cnnserve: vision networks exported to ONNX and served torch-free, with the commands list, export, train, score,
+tune, bento, export-repo and bench.
 
 Thin on purpose: each command parses its options and calls one function of ``cnnserve.export``, its demos,
 ``cnnserve.score`` or, in a source checkout, ``benchmarks``. Errors a user can fix end the command with a one-line

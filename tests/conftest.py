@@ -113,7 +113,9 @@ def post_image(server: Server, route: str, data: bytes, *, timeout: float = 60, 
     )
 
 
-def start_server(env_overrides: dict[str, str], log: Path) -> Server:
+def start_server(env_overrides: dict[str, str], log: Path, *, wait_for: str = "/readyz") -> Server:
+    """A real `bentoml serve` on a free port, returned once ``wait_for`` answers 200 (``/livez`` for a server that
+    is meant not to become ready)."""
     import requests
 
     port = free_port()
@@ -142,7 +144,7 @@ def start_server(env_overrides: dict[str, str], log: Path) -> Server:
         if process.poll() is not None:
             raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if requests.get(f"{url}{wait_for}", timeout=2).status_code == 200:
                 grpc_port = int(env["CNNSERVE_GRPC_PORT"])
                 return Server(url, process, log, f"127.0.0.1:{grpc_port}" if grpc_port else "")
         except requests.RequestException:

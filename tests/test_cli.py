@@ -31,6 +31,29 @@ def test_list_shows_every_model_with_parameters() -> None:
     assert "25,557,032" in line and "3×224×224" in line
 
 
+def test_help_reads_well() -> None:
+    """-h as well as --help, every command in the summary, no type placeholders on flags."""
+    top = run("-h").stdout
+    assert top == run("--help").stdout
+    summary = top.split("Options:")[0]
+    commands = [line.split()[0] for line in top.split("Commands:")[1].splitlines() if line.strip()]
+    assert {"list", "export", "train", "score", "tune", "bento", "export-repo", "bench"} <= set(commands)
+    for command in commands:
+        assert command in summary, f"{command} is missing from the summary"
+        help_text = run(command, "-h").stdout
+        assert "<bool>" not in help_text and ", ," not in help_text, help_text
+        assert help_text.startswith(f"Usage: cnnserve {command}")
+    assert "--defaults" in run("export", "-h").stdout
+
+
+def test_list_columns_are_aligned() -> None:
+    """Each column starts where its header does, however long the longest task name is."""
+    lines = run("list", "--task", "semantic_segmentation").stdout.splitlines()
+    header, rows = lines[0], lines[1:]
+    start = header.index("input")
+    assert rows and all(row[start - 2 : start] == "  " and row[start] != " " for row in rows), lines
+
+
 def test_export_errors_are_one_line_messages(tmp_path: Path) -> None:
     unknown = run("export", "resnet19", check=False)
     assert unknown.returncode == 2 and "unknown model 'resnet19'" in unknown.stderr

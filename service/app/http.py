@@ -31,6 +31,7 @@ from ... import __version__
 from ..errors import ServeError
 from ..imaging import decode_image, preprocess_uint8
 from ..tasks import ImageAnswer, Task, all_tasks
+from .json_errors import not_found
 from .requests import drain_refused_body, parse_image_request
 from .schemas import ErrorResponse, ModelsResponse, models_response
 from .state import ServiceState, current
@@ -177,7 +178,7 @@ app.mount("/docs/assets", StaticFiles(directory=_SWAGGER_UI), name="docs-assets"
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """FastAPI's own 404 and 405 in the contract's shape, saying what to do instead."""
     if exc.status_code == 404:
-        message = f"there is no {request.url.path}; the routes are listed at /docs"
+        message = not_found(request.url.path)
     elif exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         message = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")

@@ -16,7 +16,11 @@ from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 
-__all__ = ["JSONErrors"]
+__all__ = ["JSONErrors", "not_found"]
+
+
+def not_found(path: str) -> str:
+    return f"there is no {path}; the routes are listed at /docs"
 
 
 def _message(scope: dict[str, Any], status: int, text: str) -> str:
@@ -28,6 +32,8 @@ def _message(scope: dict[str, Any], status: int, text: str) -> str:
         except Exception:  # the service instance is not there yet (still starting)
             reason = None
         return reason or "not ready yet: the models are still loading"
+    if status == 404:  # a path no route matched: BentoML's router answers those before our app sees them
+        return not_found(scope.get("path", ""))
     if text:
         return text
     try:
