@@ -53,13 +53,10 @@ class Settings(BaseSettings):
     batch_tolerance: float = Field(0.97, gt=0, le=1)
     batch_profiles: str = ""
     tune_at_start: bool = False
-    # onnxruntime threads per session (service/session_options.py). 0 = the cores this process may use (CPU
-    # affinity, cgroup quota) divided by the processes holding sessions (session_processes()).
+    # onnxruntime threads per session (service/runtime/sessions.py). 0 = the cores this process may use (CPU
+    # affinity, cgroup quota) divided by the processes holding sessions (session_processes()). One inter-op thread
+    # and no spinning are fixed choices there (measurements can set them on a SessionConfig), not settings.
     intra_op_threads: int = Field(0, ge=0)
-    # Inter-op threads per session; 0 = 1 (sequential execution: a CNN graph is a chain).
-    inter_op_threads: int = Field(0, ge=0)
-    # Let onnxruntime's pool threads spin between ops (off: a serving process decodes and answers on the same cores).
-    ort_spinning: bool = False
     # Cache of optimised graphs (keyed by file hash, onnxruntime version, providers, CPU), so a restart does not
     # optimise again; ort_cache_dir empty = $XDG_CACHE_HOME/cnnserve/ort (~/.cache/cnnserve/ort).
     ort_cache: bool = True

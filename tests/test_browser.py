@@ -175,6 +175,27 @@ def test_page_replaces_bentoml_index_and_keeps_docs(server) -> None:
     assert "/classify" in requests.get(f"{server.url}/docs.json", timeout=10).json()["paths"]
 
 
+def test_docs_render_offline_from_local_files(browser: WebDriver, server, shots) -> None:
+    """`/docs` draws Swagger UI with every endpoint from files the service serves itself: this machine has no
+    route to a CDN, and every resource the page loaded is from its own origin. The document's title and version
+    are the package's."""
+    from cnnserve import __version__
+
+    html = requests.get(f"{server.url}/docs", timeout=10).text
+    assert "cdn." not in html and "https://" not in html.split("<body>")[0]
+    browser.get_log("browser")
+    browser.get(f"{server.url}/docs")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = set(texts(browser, ".opblock-summary-path"))
+    assert {"/classify", "/detect", "/segment", "/denoise", "/anomaly", "/models"} <= paths
+    title = browser.find_element(By.CSS_SELECTOR, ".info .title").text
+    assert title.startswith("cnnserve") and __version__ in title
+    origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+    assert origins and set(origins) == {server.url}
+    assert console_errors(browser) == []
+    shots(browser, "docs")
+
+
 def test_page_loads_without_console_errors_and_lists_models(page: WebDriver, server, shots) -> None:
     models = requests.get(f"{server.url}/models", timeout=10).json()["models"]
     assert console_errors(page) == []

@@ -54,7 +54,7 @@ def test_settings_give_each_session_its_share(monkeypatch: pytest.MonkeyPatch) -
 
     two_tier = Settings(tiers="two", api_workers=4)  # only the model tier holds sessions
     assert SessionConfig.from_settings(two_tier).threads(cores=16) == (16, 1)
-    spinning = SessionConfig.from_settings(Settings(ort_spinning=True)).options(cores=8)
+    spinning = SessionConfig(spinning=True).options(cores=8)  # a measurement's choice, not a setting
     assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert SessionConfig.from_settings(Settings(tiers="one", intra_op_threads=3)).threads(cores=16) == (3, 1)
     assert SessionConfig.from_settings(Settings(ort_cache=False)).cache_dir is None
@@ -76,6 +76,11 @@ def test_second_load_uses_the_cached_optimised_graph(lenet_file: Path, tmp_path:
     assert first.info.ready and first.info.session_cache == "written"
     (cached,) = (tmp_path / "cache").glob("*.onnx")
     assert cached.stem == cache_key(lenet_file, ["CPUExecutionProvider"])
+    # the cached graph is the portable one: no NCHWc nodes, which are specific to the CPU (and made onnxruntime
+    # warn on every start when it serialised them); the session adds them when it loads
+    import onnx
+
+    assert not any(node.domain == "com.microsoft.nchwc" for node in onnx.load(str(cached)).graph.node)
     second = load_model("lenet5", lenet_file, providers=["CPUExecutionProvider"], session_config=config)
     assert second.info.ready and second.info.session_cache == "hit"
     assert second.info.contract == first.info.contract  # the metadata survives optimisation

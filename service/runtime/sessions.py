@@ -10,7 +10,7 @@
 * **Spinning off.** onnxruntime's pool threads spin after their work for a while, burning CPU to start the next op
   sooner. That pays for a process that does nothing but run the model on dedicated cores; a serving process also
   decodes, resizes and answers HTTP on the same cores, and other processes or jobs may share them, so spinning
-  would take the CPU those threads need (``CNNSERVE_ORT_SPINNING=true`` turns it on).
+  would take the CPU those threads need (a measurement can turn it on with ``SessionConfig(spinning=True)``).
 * **Memory.** CPU memory arena and memory-pattern planning stay on (re-used buffers across runs of the same shape:
   the batcher forms few shapes). The arena grows by what is requested, not the next power of two
   (``kSameAsRequested`` via a process-wide arena shared by every session — one pool instead of one per model).
@@ -201,7 +201,7 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def cache_key(path: Path, providers: list, *, level: str = "all") -> str:
+def cache_key(path: Path, providers: list, *, level: str = "extended") -> str:
     """sha256 over the file's bytes, onnxruntime's version, the providers (with their options), the CPU and the
     optimisation level: anything that changes the optimised graph changes the key."""
     parts = [file_digest(path), ort.__version__, repr(providers), _cpu_identity(), level]
@@ -227,9 +227,7 @@ class SessionConfig:
             cache = Path(settings.ort_cache_dir) if settings.ort_cache_dir else default_cache_dir()
         return cls(
             intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
             processes=settings.session_processes(),
-            spinning=settings.ort_spinning,
             cache_dir=cache,
         )
 
@@ -299,7 +297,7 @@ def create_session(
     )
     if not cacheable or not _writable_dir(config.cache_dir):
         return ort.InferenceSession(str(path), sess_options=options, providers=providers), "off"
-    cached = config.cache_dir / f"{cache_key(path, providers, level='extended')}.onnx"
+    cached = config.cache_dir / f"{cache_key(path, providers)}.onnx"
     if cached.is_file():
         try:
             session = ort.InferenceSession(str(cached), sess_options=options, providers=providers)
