@@ -175,7 +175,7 @@ def export_model(
             measured = measure_quality(contract, fp32_path, path)
             contract = contract.model_copy(update={"quality": Quality.model_validate(measured.to_json_dict())})
             quality = measured.to_json_dict()
-            logger.info("%s %s/%s quality: %s", name, precision, input_dtype, quality)
+            logger.debug("%s %s/%s quality: %s", name, precision, input_dtype, quality)
         pixels = "uint8 0-255" if input_dtype == "uint8" else "float32 [0, 1]"
         write_metadata(
             path,
@@ -201,7 +201,7 @@ def export_model(
                 metadata=store_metadata,
             )
         seconds = time.perf_counter() - start
-        logger.info("exported %s (%s) parity=%.3g in %.1fs -> %s", name, source, parity, seconds, saved_tag or path)
+        logger.debug("exported %s (%s) parity=%.3g in %.1fs -> %s", name, source, parity, seconds, saved_tag or path)
         return ExportResult(name, saved_tag, output, parity, source, seconds, precision, input_dtype, quality)
 
 

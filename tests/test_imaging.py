@@ -18,6 +18,7 @@ import torchvision.models
 import torchvision.transforms as T
 from cnnserve.export.onnx import contract_for
 from cnnserve.export.weights import torchvision_spec
+from cnnserve.service.contract import ModelContract
 from cnnserve.service.errors import BadInput, PayloadTooLarge
 from cnnserve.service.imaging import Preprocess, decode_image, preprocess, to_model_mode
 from PIL import Image
@@ -100,7 +101,7 @@ def test_spec_of_a_torchvision_export_preprocesses_like_the_weights_preset(name:
 def test_direct_resize_for_a_one_channel_model() -> None:
     img = Image.fromarray(skimage.data.astronaut())
     pre = contract_for(models.get_spec("lenet5")).preprocess
-    assert pre == Preprocess(input_size=(32, 32), in_channels=1, resize_size=None)
+    assert pre == Preprocess(input_size=(32, 32), in_channels=1, resize_size=None, background=(0, 0, 0))
     got = preprocess(img, pre)
     expected = T.Compose([T.Grayscale(1), T.Resize((32, 32)), T.ToTensor()])(img).numpy()
     assert got.shape == (1, 32, 32)
@@ -160,6 +161,23 @@ def test_rgba_transparent_pixels_come_out_white() -> None:
     np.testing.assert_array_equal(rgb[:, :3], np.broadcast_to([200, 10, 20], (4, 3, 3)))
     np.testing.assert_array_equal(rgb[1:, 3:], 255)
     assert np.all(np.abs(rgb[0, 5].astype(int) - 127) <= 1)  # half way between black and white
+
+
+def test_transparency_is_composited_on_the_models_background() -> None:
+    """The background is the model's (its contract's `background`): a model of light ink on black (the digits
+    demos) sees transparent pixels as black, the grey level of the colour for a one-channel model."""
+    la = np.zeros((2, 2, 2), dtype=np.uint8)
+    la[0, :] = (255, 255)  # top row: opaque white ink; bottom row: transparent
+    decoded = decode_image(encode(Image.fromarray(la, mode="LA"), "PNG"))
+    np.testing.assert_array_equal(np.asarray(to_model_mode(decoded, 1, (0, 0, 0))), [[255, 255], [0, 0]])
+    np.testing.assert_array_equal(np.asarray(to_model_mode(decoded, 3, (0, 0, 255)))[1], [[0, 0, 255]] * 2)
+    lenet = contract_for(models.get_spec("lenet5"))
+    assert lenet.background == (0, 0, 0) and lenet.preprocess.background == (0, 0, 0)
+    assert contract_for(models.get_spec("resnet18")).background == (255, 255, 255)
+    old = {"cnnserve.spec": '{"name": "old", "task": "classification", "input_size": [32, 32]}'}  # before the field
+    assert ModelContract.from_metadata(old).background == (255, 255, 255)
+    tensor = preprocess(decoded, lenet.preprocess)  # what the service feeds LeNet-5: ink on black
+    assert tensor[0, -1, 0] == 0.0 and tensor[0, 0, 0] > 0.9
 
 
 def test_palette_transparency_index_comes_out_white() -> None:

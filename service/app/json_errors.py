@@ -65,7 +65,7 @@ class JSONErrors:
                 if message.get("more_body", False):
                     return
                 text = b"".join(chunks).decode("utf-8", "replace").strip()
-                body = json.dumps({"error": _message(scope, held["status"], text)}).encode()
+                body = json.dumps({"error": _message(scope, held["status"], text)}, separators=(",", ":")).encode()
                 headers = MutableHeaders(raw=list(held.get("headers", [])))
                 headers["content-type"] = "application/json"
                 headers["content-length"] = str(len(body))

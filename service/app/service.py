@@ -187,7 +187,7 @@ class CNNServe:
         self.catalog = Catalog() if self.two_tier else _local_catalog(self.settings, self.metrics)
         self.grpc_server: Any = None
 
-    def __is_ready__(self) -> bool:
+    async def __is_ready__(self) -> bool:
         """BentoML's ``/readyz``: ready once at least one model is (``Catalog.readiness``, the rule
         ``/v2/health/ready`` uses too). With no model ready every request could only get a 503, so a load
         balancer must not send any; ``/models`` and the start-up log say why."""
