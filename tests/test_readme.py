@@ -312,6 +312,7 @@ def _run(walk: Walk, script: str, program: list[str], timeout: float) -> subproc
     )
 
 
+@pytest.mark.timeout(3600)  # a slow block (a benchmark, a bento build) on two shared cores
 @pytest.mark.parametrize(
     "block",
     [
