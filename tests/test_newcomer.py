@@ -93,7 +93,8 @@ def test_transparency_is_composited_on_the_models_background(server) -> None:
     [
         ("GET", "/classify", 405, "use POST"),
         ("PUT", "/models", 405, "use GET"),
-        ("GET", "/no-such-route", 404, "/docs"),
+        ("GET", "/no-such-route", 404, "/docs"),  # BentoML's router answers this one, in plain text underneath
+        ("DELETE", "/readyz", 405, "Method Not Allowed"),  # ... and this one
         ("POST", "/v2/models/lenet5/infer", 400, ""),
     ],
 )
