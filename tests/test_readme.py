@@ -40,6 +40,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "python"}
 ILLUSTRATIVE = re.compile(r"<!--\s*illustrative:\s*(?P<reason>.*?)\s*-->", re.S)
 DOCUMENTED_URL = "localhost:3000"
+DOCUMENTED_GRPC = "localhost:8001"  # Triton's gRPC port, where the service's gRPC listens by default
 # A block is fast when every program it runs is one of these (by the command's first word, after `VAR=x`).
 FAST_PROGRAMS = {"curl", "cp", "ls", "cat", "echo", "jq", "base64", "grep", "head", "kubectl", "mkdir", "python"}
 FAST_CLI = {"list"}  # `cnnserve list` is quick; export, train, bench, tune, score, bento, export-repo are not
@@ -217,6 +218,7 @@ class Walk:
     env: dict[str, str]
     url: str
     status_before: str
+    grpc: str  # host:port of its gRPC service
 
 
 def _git_status() -> str:
@@ -267,7 +269,9 @@ def walk(model_store: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     home = tmp_path_factory.mktemp("readme-bentoml")
     _home_with_the_session_exports(home, Path(os.environ["BENTOML_HOME"]))
     port = free_port()
+    grpc_port = free_port()  # never Triton's 8001: other servers on this machine may hold it
     env = {**os.environ, "BENTOML_HOME": str(home), "PORT": str(port), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.update(CNNSERVE_GRPC_PORT=str(grpc_port), CNNSERVE_GRPC_HOST="127.0.0.1")
     env.pop("CNNSERVE_MODELS", None)  # the README's server serves the store, as `make serve` does for a user
     log = folder.parent / "readme-serve.log"
     # The README's first block: `make serve` (with the environment installed already).
@@ -293,7 +297,7 @@ def walk(model_store: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"make serve was not ready in 600 s:\n{log.read_text()[-4000:]}")
             time.sleep(0.5)
-        yield Walk(folder, env, url, status_before)
+        yield Walk(folder, env, url, status_before, f"127.0.0.1:{grpc_port}")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -302,8 +306,10 @@ def walk(model_store: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def _localised(text: str, url: str) -> str:
-    return text.replace(f"http://{DOCUMENTED_URL}", url).replace(DOCUMENTED_URL, url.removeprefix("http://"))
+def _localised(text: str, walk: Walk) -> str:
+    """The documented addresses → the walk's server (its HTTP port and its gRPC port)."""
+    text = text.replace(f"http://{DOCUMENTED_URL}", walk.url).replace(DOCUMENTED_URL, walk.url.removeprefix("http://"))
+    return text.replace(DOCUMENTED_GRPC, walk.grpc)
 
 
 def _run(walk: Walk, script: str, program: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -323,11 +329,11 @@ def _run(walk: Walk, script: str, program: list[str], timeout: float) -> subproc
 )
 def test_documented_commands_run(walk: Walk, block: Block) -> None:
     if block.language == "python":
-        done = _run(walk, _localised(block.source, walk.url), [str(walk.folder / ".venv/bin/python"), "-"], 300)
+        done = _run(walk, _localised(block.source, walk), [str(walk.folder / ".venv/bin/python"), "-"], 300)
         assert done.returncode == 0, f"{block.name}: the Python block failed:\n{done.stderr[-3000:]}"
         return
     for command in block.commands:
-        script = "set -o pipefail\n" + _localised(command.text, walk.url)
+        script = "set -o pipefail\n" + _localised(command.text, walk)
         done = _run(walk, script, ["bash"], 1800)
         where = f"{block.path.name}:{command.line}: {command.text}"
         assert done.returncode == 0, f"{where}\nexit {done.returncode}\n{done.stderr[-3000:]}{done.stdout[-1000:]}"
