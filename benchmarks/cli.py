@@ -3,6 +3,7 @@ the product package; ``cnnserve.cli`` adds them when it runs from a source check
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -290,3 +291,33 @@ def bench_serving_cpu(
         f"{result['transport_cpu_ms_per_img']} ms/img, {result['served_req_s_64']} req/s at 64 clients → "
         f"{output_dir / 'results.json'}"
     )
+
+
+@bench_app.command("reliability")
+def bench_reliability(
+    clients: Annotated[int, typer.Option(min=1, help="soak: concurrent clients")] = 32,
+    duration: Annotated[float, typer.Option(min=1, help="soak: seconds")] = 60.0,
+    attack_seconds: Annotated[float, typer.Option(min=1, help="seconds of /livez probing under attack")] = 20.0,
+    in_flight: Annotated[int, typer.Option(min=1, help="hostile uploads in flight during the attack")] = 8,
+    output: Annotated[Path, typer.Option(help="results JSON (RESULTS.md next to it)")] = Path(
+        "benchmarks/reliability/results.json"
+    ),
+) -> None:
+    """The service under hostile input (starts its own, one tier, the default demo set; export it first with
+    `cnnserve export --defaults`): the largest uploads the limits allow one at a time and eight at once with /livez
+    probed, then a soak of good and bad requests; worker RSS throughout, 5xx counted."""
+    from .reliability import reliability_benchmark
+
+    try:
+        result = reliability_benchmark(
+            clients=clients,
+            duration=duration,
+            attack_seconds=attack_seconds,
+            in_flight=in_flight,
+            output=output,
+            log=typer.echo,
+        )
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({k: result[k] for k in list(result)[:5]}))
+    typer.echo(f"results written to {output} and {output.with_name('RESULTS.md')}")

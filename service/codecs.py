@@ -1,17 +1,35 @@
 """Encoding answers that are images: class-index masks, colour overlays, denoised images, error heat maps (PNG),
-and the ``render=true`` pictures of detections (boxes, label + score tags, instance masks) drawn with Pillow."""
+and the ``render=true`` pictures of detections (boxes, label + score tags, instance masks) drawn with Pillow.
+
+Pictures at the upload's size are computed in bands of rows or within each mask's own box, so drawing on a large
+upload holds the picture and small pieces of it, never a float copy of the whole (service/app/work.py budgets the
+rest)."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .imaging import to_model_mode
 
-__all__ = ["png_bytes", "png_base64", "palette", "colour_overlay", "heat_map", "draw_detections", "draw_legend"]
+__all__ = [
+    "png_bytes",
+    "png_base64",
+    "palette",
+    "colour_overlay",
+    "heat_map",
+    "blend_mask",
+    "detection_colour",
+    "draw_detections",
+    "draw_legend",
+]
+
+
+_BAND_PIXELS = 1 << 20  # pixels per band of rows when a picture is computed band by band
 
 
 def png_bytes(array_or_image: np.ndarray | Image.Image) -> bytes:
@@ -21,8 +39,17 @@ def png_bytes(array_or_image: np.ndarray | Image.Image) -> bytes:
     return buf.getvalue()
 
 
+_B64_PIECE = 3 * 2**20  # bytes encoded per call: a multiple of 3, so the pieces join into one base64 text
+
+
 def png_base64(array_or_image: np.ndarray | Image.Image) -> str:
-    return base64.b64encode(png_bytes(array_or_image)).decode("ascii")
+    """The picture as base64 PNG text, encoded a piece at a time (one call over a large PNG would hold the GIL, and
+    with it the event loop, for its whole length)."""
+    data = png_bytes(array_or_image)
+    if len(data) <= _B64_PIECE:
+        return base64.b64encode(data).decode("ascii")
+    view = memoryview(data)
+    return "".join(base64.b64encode(view[i : i + _B64_PIECE]).decode("ascii") for i in range(0, len(data), _B64_PIECE))
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -35,11 +62,22 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def colour_overlay(image: Image.Image, mask: np.ndarray, num_classes: int, alpha: float = 0.5) -> Image.Image:
-    """The upload with each non-background class painted over it in its palette colour."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    colours = palette(num_classes)[mask].astype(np.float32)
-    painted = np.where((mask > 0)[..., None], (1 - alpha) * rgb + alpha * colours, rgb)
-    return Image.fromarray(np.clip(painted, 0, 255).astype(np.uint8))
+    """The upload with each non-background class painted over it in its palette colour (a band of rows at a time;
+    half and half in integers, which truncate like the float blend they replace)."""
+    colours = palette(num_classes)
+    out = Image.new("RGB", image.size)
+    rows = max(1, _BAND_PIXELS // max(1, image.width))
+    for top in range(0, image.height, rows):
+        bottom = min(image.height, top + rows)
+        band_mask = mask[top:bottom]
+        rgb = np.asarray(image.crop((0, top, image.width, bottom)).convert("RGB"))
+        if alpha == 0.5:
+            blended = ((rgb.astype(np.uint16) + colours[band_mask]) >> 1).astype(np.uint8)
+        else:
+            mixed = (1 - alpha) * rgb.astype(np.float32) + alpha * colours[band_mask].astype(np.float32)
+            blended = np.clip(mixed, 0, 255).astype(np.uint8)
+        out.paste(Image.fromarray(np.where((band_mask > 0)[..., None], blended, rgb)), (0, top))
+    return out
 
 
 def heat_map(values: np.ndarray) -> Image.Image:
@@ -60,29 +98,50 @@ def _font_for(size: tuple[int, int]) -> ImageFont.FreeTypeFont | ImageFont.Image
     return ImageFont.load_default(size=max(10, round(max(size) / 50)))
 
 
+def detection_colour(index: int, num_classes: int) -> np.ndarray:
+    """The colour a detection of class ``index`` is drawn in (class 0 of a detector is a real class: no black)."""
+    num_classes = max(num_classes, 1)
+    return palette(num_classes + 1)[index % num_classes + 1]
+
+
+def blend_mask(rgb: Image.Image, mask: np.ndarray, colour: np.ndarray, alpha: float = 0.5) -> None:
+    """Blend ``colour`` into the pixels of ``rgb`` (in place) where the (height, width) boolean ``mask`` is set, working
+    only inside the mask's bounding box."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    region = np.asarray(rgb.crop((left, top, right, bottom)), dtype=np.float32)
+    inside = mask[top:bottom, left:right]
+    region[inside] = (1 - alpha) * region[inside] + alpha * colour.astype(np.float32)
+    rgb.paste(Image.fromarray(np.clip(np.rint(region), 0, 255).astype(np.uint8)), (left, top))
+
+
 def draw_detections(
     image: Image.Image,
     detections: list[dict],
     num_classes: int,
-    masks: list[np.ndarray] | None = None,
+    masks: Iterable[np.ndarray] | None = None,
     alpha: float = 0.5,
+    *,
+    copy: bool = True,
 ) -> Image.Image:
     """The upload (as RGB) with each detection drawn in its class's colour: its mask blended in (instance models),
     its box outlined inside the box's pixels, and a ``label score`` tag just above the box (inside its top edge
     when the box touches the image's top). Nothing else of the picture changes.
 
     ``detections`` are the answer's ``{"box", "index", "label", "score"}`` (boxes in the image's pixels);
-    ``masks`` one boolean (height, width) array per detection.
+    ``masks`` one boolean (height, width) array per detection, taken one at a time (a generator keeps only one in
+    memory). ``copy=False`` draws on ``image`` itself when it is already RGB (a caller done with the upload).
     """
     num_classes = max(num_classes, 1)  # a model without labels: one colour for all
     colours = palette(num_classes + 1)  # index + 1: class 0 of a detector is a real class, not black background
     rgb = to_model_mode(image, 3)  # as the model saw it: transparency on white, 16-bit scaled
-    if masks:
-        painted = np.asarray(rgb, dtype=np.float32)
+    if copy and rgb is image:
+        rgb = rgb.copy()
+    if masks is not None:
         for det, mask in zip(detections, masks, strict=True):
-            colour = colours[det["index"] % num_classes + 1].astype(np.float32)
-            painted[mask] = (1 - alpha) * painted[mask] + alpha * colour
-        rgb = Image.fromarray(np.clip(np.rint(painted), 0, 255).astype(np.uint8))
+            blend_mask(rgb, mask, colours[det["index"] % num_classes + 1], alpha)
     width, height = rgb.size
     draw = ImageDraw.Draw(rgb)
     font = _font_for(rgb.size)
@@ -103,10 +162,13 @@ def draw_detections(
     return rgb
 
 
-def draw_legend(image: Image.Image, entries: list[tuple[int, str]], num_classes: int) -> Image.Image:
+def draw_legend(
+    image: Image.Image, entries: list[tuple[int, str]], num_classes: int, *, copy: bool = True
+) -> Image.Image:
     """A semantic overlay with a key in its top-left corner: one ``swatch label`` row per ``(class index, label)``
-    of ``entries``, in the overlay's palette colours, on black. Nothing outside the key's box changes."""
-    out = image.convert("RGB")
+    of ``entries``, in the overlay's palette colours, on black. Nothing outside the key's box changes. ``copy=False``
+    draws on an RGB ``image`` itself."""
+    out = image if not copy and image.mode == "RGB" else image.convert("RGB")
     if not entries:
         return out
     colours = palette(num_classes)

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import BadInput, PayloadTooLarge
 
@@ -25,7 +25,12 @@ except ImportError:  # Pillow decodes every JPEG then
 
 __all__ = [
     "Preprocess",
+    "decode_bytes",
     "decode_image",
+    "load_image",
+    "open_image",
+    "preprocess_bytes",
+    "reduce_image",
     "draft_request",
     "detection_resize_size",
     "to_model_mode",
@@ -39,8 +44,9 @@ _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-# A shorter-side resize of an extreme strip explodes; refuse beyond this many pixels in the intermediate image.
-MAX_RESIZED_PIXELS = 50_000_000
+# A shorter-side resize of an extreme strip explodes; refuse beyond this many pixels in the intermediate image (a
+# 256-pixel resize: aspect ratios up to about 120:1).
+MAX_RESIZED_PIXELS = 8_000_000
 # Formats we promise to read. Others Pillow happens to know (PDF, EPS, ...) are refused with a clear message.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
 # ``Image.info`` key set on an image decoded at reduced size (DCT scaling): its pixels are already an
@@ -118,15 +124,24 @@ def _decode_scaled(img: Image.Image, data: bytes, need: tuple[int, int], channel
     return out
 
 
-def decode_image(
+# Pillow keeps L, P and 1 in one byte per pixel, the 16-bit modes in two and every other mode (RGB included) in four.
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# ``Image.info`` keys of an opened JPEG that may be decoded at reduced size: the size and channels asked for, and
+# the file's bytes (libjpeg-turbo decodes from them).
+_SCALE_REQUEST = "cnnserve.scale-request"
+_SOURCE = "cnnserve.source"
+_BAND_PIXELS = 1 << 20  # conversions over whole images run in bands of rows of about this many pixels
+
+
+def open_image(
     data: bytes, *, max_pixels: int = 50_000_000, draft_for: Preprocess | None = None, draft_ratio: float = 1.0
 ) -> Image.Image:
-    """Bytes → a fully loaded, upright PIL image (first frame of an animation), or a :class:`BadInput`.
+    """Bytes → an opened image whose header passed every check, with no pixel decoded yet, or a :class:`BadInput`.
 
-    The pixel count is checked from the header *before* the pixels are decoded, so a small file that claims a
-    huge canvas (a decompression bomb) costs nothing. With ``draft_for``, a JPEG much larger than that model's
-    input is decoded at reduced size (see :func:`draft_request`); only for answers that do not depend on the
-    upload's pixel geometry (classification).
+    The pixel count is checked from the header, so a small file that claims a huge canvas (a decompression bomb)
+    costs nothing. With ``draft_for``, a JPEG much larger than that model's input is marked to be decoded at reduced
+    size (see :func:`draft_request`) by :func:`load_image`; only for answers that do not depend on the upload's
+    pixel geometry (classification). :func:`decode_bytes` says what decoding it will cost.
     """
     if not data:
         raise BadInput("the uploaded image is empty (0 bytes); send a JPEG, PNG, WebP, BMP or GIF file")
@@ -155,30 +170,134 @@ def decode_image(
             img.seek(0)  # first frame of a GIF/WebP animation
             if draft_for is not None and img.format == "JPEG":
                 request = draft_request(width, height, draft_for, draft_ratio)
-                if request is not None:
-                    scaled = _decode_scaled(img, data, request, draft_for.in_channels)
-                    if scaled is not None:
-                        return scaled
-                    img.draft("L" if draft_for.in_channels == 1 else "RGB", request)
-                    img.info[DRAFTED] = True
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)
+                if request is not None:  # decoded at reduced size by load_image
+                    img.info[_SCALE_REQUEST] = (request, draft_for.in_channels)
+                    img.info[_SOURCE] = data
         except Exception as exc:
             raise BadInput(f"the image data is broken or truncated ({exc}); send the complete file") from None
     return img
 
 
+def decode_bytes(img: Image.Image) -> int:
+    """The most memory decoding an :func:`open_image` result with :func:`load_image` (``reduce=True``) holds at
+    once: the decoded image and its reduced or upright copy (Pillow stores most modes in four bytes per pixel),
+    plus a progressive JPEG's coefficient buffers (two bytes per pixel and component). A JPEG to be decoded at
+    reduced size counts its reduced pixels."""
+    pixels = img.width * img.height
+    if _SCALE_REQUEST in img.info:
+        (need_w, need_h), _ = img.info[_SCALE_REQUEST]
+        pixels = need_w * need_h
+    peak = pixels * (_STORED_BYTES.get(img.mode, 4) + 4)
+    if img.format == "JPEG" and img.info.get("progressive"):
+        peak += pixels * 2 * len(img.getbands())
+    return peak
+
+
+def preprocess_bytes(size: tuple[int, int], pre: Preprocess) -> int:
+    """The most memory :func:`preprocess_uint8` holds beyond the upload: a converted copy of it (a colour upload for
+    a grey model, or the reverse) and the resized image before its crop."""
+    width, height = size
+    resized = pre.input_size[0] * pre.input_size[1]
+    if pre.resize_size is not None and pre.max_size is not None:
+        new_h, new_w = detection_resize_size(height, width, pre.resize_size, pre.max_size)
+        resized = new_h * new_w
+    elif pre.resize_size is not None:
+        short, long = min(width, height), max(width, height)
+        resized = min(MAX_RESIZED_PIXELS, pre.resize_size * max(pre.resize_size, long * pre.resize_size // short))
+    return 4 * (width * height + resized)
+
+
+def load_image(
+    img: Image.Image, *, reduce: bool = False, background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
+    """An :func:`open_image` result → fully decoded and upright (EXIF orientation), or a :class:`BadInput`.
+
+    ``reduce=True`` also reduces it with :func:`reduce_image` (transparency on ``background``, the model's) before
+    turning it upright, so that no full-size copy of a 16-bit, float or transparent image is ever made (what the
+    service does; answers come out the same). A JPEG
+    marked by :func:`open_image` for a reduced decode is decoded by libjpeg-turbo at that size (or by Pillow's
+    draft, where libjpeg-turbo cannot)."""
+    try:
+        if _SCALE_REQUEST in img.info:
+            (request, channels), data = img.info.pop(_SCALE_REQUEST), img.info.pop(_SOURCE)
+            scaled = _decode_scaled(img, data, request, channels)
+            if scaled is not None:
+                return reduce_image(scaled, background) if reduce else scaled
+            img.draft("L" if channels == 1 else "RGB", request)
+            img.info[DRAFTED] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+        orientation = img.getexif().get(0x0112, 1)  # read before reducing: the reduced copy carries no EXIF
+        if reduce:
+            img = reduce_image(img, background)
+        method = _ORIENTATION.get(orientation)
+        return img if method is None else img.transpose(method)
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise BadInput(f"the image data is broken or truncated ({exc}); send the complete file") from None
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = 50_000_000, draft_for: Preprocess | None = None, draft_ratio: float = 1.0
+) -> Image.Image:
+    """Bytes → a fully loaded, upright PIL image in its own mode (first frame of an animation), or a
+    :class:`BadInput` (:func:`open_image` then :func:`load_image`)."""
+    return load_image(open_image(data, max_pixels=max_pixels, draft_for=draft_for, draft_ratio=draft_ratio))
+
+
+def _bands(img: Image.Image):
+    """(top, band) for horizontal bands of ``img`` of about ``_BAND_PIXELS`` pixels each."""
+    rows = max(1, _BAND_PIXELS // max(1, img.width))
+    for top in range(0, img.height, rows):
+        yield top, img.crop((0, top, img.width, min(img.height, top + rows)))
+
+
 def _sixteen_bit_to_8(img: Image.Image) -> Image.Image:
-    """Pillow's ``convert("L")`` clips 16-bit values instead of scaling them; scale explicitly."""
-    arr = np.asarray(img, dtype=np.float64)
+    """Pillow's ``convert("L")`` clips 16-bit values instead of scaling them; scale explicitly, band by band (no
+    full-size float copy): float images stretched to their range, 16-bit ones divided by 257."""
     if img.mode == "F":
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-    elif img.mode == "I":
-        arr = arr / (257.0 if arr.max() > 255 else 1.0)
-    else:  # I;16, I;16B, I;16L, I;16N
-        arr = arr / 257.0
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        lo, hi = (float(v) for v in img.getextrema())
+    else:
+        divisor = 257.0 if img.mode != "I" or img.getextrema()[1] > 255 else 1.0
+    out = Image.new("L", img.size)
+    for top, band in _bands(img):
+        arr = np.asarray(band, dtype=np.float64)
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0 if img.mode == "F" else arr / divisor
+        out.paste(Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L"), (0, top))
+    return out
+
+
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _on_background(img: Image.Image, target: str, background: tuple[int, int, int]) -> Image.Image:
+    """Transparency composited on ``background``, band by band, as ``target``."""
+    out = Image.new(target, img.size)
+    for top, band in _bands(img):
+        rgba = band.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (*background, 255))
+        out.paste(Image.alpha_composite(backdrop, rgba).convert(target), (0, top))
+    return out
+
+
+def reduce_image(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """A decoded upload in the fewest bytes that keep every answer the same: 16-bit and float images scaled to
+    8-bit grey, transparency composited on ``background`` (the model's; grey images stay grey), every other mode
+    unchanged.
+
+    ``to_model_mode(reduce_image(img, b), c, b)`` equals ``to_model_mode(img, c, b)``; the work runs in bands, so
+    reducing a large image holds the original and the result, never a float copy of it."""
+    if img.mode in _HIGH_DEPTH_MODES:
+        return _sixteen_bit_to_8(img)
+    if img.mode == "P" and "transparency" in img.info:
+        return _on_background(img, "RGB", background)
+    if img.mode in _ALPHA_MODES:
+        grey = img.mode in ("LA", "La") and len(set(background)) == 1  # grey on a coloured background is colour
+        return _on_background(img, "L" if grey else "RGB", background)
+    return img
 
 
 def to_model_mode(img: Image.Image, channels: int, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -189,15 +308,11 @@ def to_model_mode(img: Image.Image, channels: int, background: tuple[int, int, i
     white digit on a transparent background reads as the digit). 16-bit and float images are scaled rather than
     clipped, CMYK and palette images go through Pillow's conversions.
     """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = _sixteen_bit_to_8(img)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        backdrop = Image.new("RGBA", rgba.size, (*background, 255))
-        img = Image.alpha_composite(backdrop, rgba)
     target = "L" if channels == 1 else "RGB"
+    if img.mode in _HIGH_DEPTH_MODES:
+        img = _sixteen_bit_to_8(img)
+    elif img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        img = _on_background(img, target, background)
     return img if img.mode == target else img.convert(target)
 
 

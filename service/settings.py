@@ -40,7 +40,22 @@ class Settings(BaseSettings):
     # onnxruntime providers in order of preference, short names (``cuda``, ``cpu``). Empty = CUDA if usable, else CPU.
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_upload_mb: float = Field(20.0, gt=0)
-    max_pixels: int = Field(50_000_000, gt=0)
+    # Decoded pixels of one upload, checked from its header before decoding. With the memory budgets below it bounds
+    # a worker's memory (service/app/work.py: a request's peak is a few tens of bytes per pixel at worst).
+    max_pixels: int = Field(16_000_000, gt=0)
+    # /v2 infer: the body limit; 0 = per model, a full batch of its own input in binary FP32 plus 1 MB of JSON.
+    v2_max_body_mb: float = Field(0.0, ge=0)
+    # JSON bodies (image routes and /v2): how deeply arrays and objects may nest.
+    max_json_depth: int = Field(32, ge=2)
+    # Per API worker: bytes of request bodies held at once (reserved from Content-Length before reading), and bytes
+    # of image and tensor work (reserved from the image's header before decoding); requests past them wait in line.
+    body_memory_mb: float = Field(128.0, gt=0)
+    work_memory_mb: float = Field(512.0, gt=0)
+    # Threads per API worker that decode, resize, render and encode images (0 = the usable cores, at most 8).
+    image_threads: int = Field(0, ge=0)
+    # Seconds a client has to send a request's headers (on a new connection, or the next request on a kept-alive
+    # one) before the connection is closed with a 408; slow-header clients otherwise hold connections forever.
+    header_timeout_s: float = Field(10.0, gt=0)
     # Batching (service.batching, one batcher per model): the largest batch (with two tiers: per API-worker call),
     # and the latency after which a queued request is shed with a 503 rather than served late.
     max_batch_size: int = Field(16, ge=1)

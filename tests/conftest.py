@@ -172,6 +172,7 @@ def server(model_store: dict[str, str]) -> Iterator[Server]:
         {
             "CNNSERVE_MODELS": "lenet5,lenet5-u8,resnet18,yolov1_shapes,cae,unet,broken,not-exported,xss_labels",
             "CNNSERVE_MAX_UPLOAD_MB": "2",
+            "CNNSERVE_HEADER_TIMEOUT_S": "3",  # tests/test_reliability.py: slow-header clients
         },
         _SESSION_DIR / "serve.log",
     )

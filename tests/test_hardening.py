@@ -195,25 +195,59 @@ def test_one_access_log_line_per_request_without_image_bytes(server) -> None:
     assert record["latency_ms"] > 0 and "PNG" not in lines[-1]
 
 
+def _run_schemathesis(server, path_regex: str, expected: set[str], examples: int) -> None:
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json").include(path_regex=path_regex)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} == expected
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case) -> None:
+            # Whether an image *decodes* or a tensor fits a model is not expressible in a schema, so a schema-valid
+            # body can rightly get a 400: every check runs except "positive data must be accepted".
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
+
+        check()
+
+
 def test_generated_requests_never_get_a_5xx_and_match_the_schema(server) -> None:
     """schemathesis generates requests from our OpenAPI (random bodies, field types, files) and checks every answer:
     no 5xx, a declared status code, a body matching the declared schema. (Its pytest plugin does not run under
     pytest 9 yet, so the operations are driven through hypothesis directly.)"""
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json").include(
-        path_regex=r"^/(classify|detect|segment|denoise|anomaly|models)$"
+    _run_schemathesis(
+        server,
+        r"^/(classify|detect|segment|denoise|anomaly|models)$",
+        {"/classify", "/detect", "/segment", "/denoise", "/anomaly", "/models"},
+        examples=40,
     )
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} == {"/classify", "/detect", "/segment", "/denoise", "/anomaly", "/models"}
-    for operation in operations:
 
-        @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def check(case) -> None:
-            # Whether an image *decodes* is not expressible in a schema, so a schema-valid body can rightly get a 400:
-            # every check runs except "positive data must be accepted".
-            case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
-        check()
+def test_generated_v2_requests_never_get_a_5xx_and_match_the_schema(server) -> None:
+    """The same for the Open Inference Protocol routes: generated inference requests (JSON tensors of any shape,
+    type and size), model names and versions; every answer declared, JSON errors included."""
+    _run_schemathesis(
+        server,
+        r"^/v2",
+        {
+            "/v2",
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/v2/models/{name}",
+            "/v2/models/{name}/versions/{model_version}",
+            "/v2/models/{name}/ready",
+            "/v2/models/{name}/versions/{model_version}/ready",
+            "/v2/models/{name}/infer",
+            "/v2/models/{name}/versions/{model_version}/infer",
+            "/v2/models/{name}/config",
+            "/v2/models/{name}/versions/{model_version}/config",
+            "/v2/models/stats",
+            "/v2/models/{name}/stats",
+            "/v2/models/{name}/versions/{model_version}/stats",
+            "/v2/repository/index",
+        },
+        examples=30,
+    )
 
 
 def test_a_chunked_upload_over_the_limit_is_stopped_with_413(server) -> None:

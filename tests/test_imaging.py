@@ -20,7 +20,7 @@ from cnnserve.export.onnx import contract_for
 from cnnserve.export.weights import torchvision_spec
 from cnnserve.service.contract import ModelContract
 from cnnserve.service.errors import BadInput, PayloadTooLarge
-from cnnserve.service.imaging import Preprocess, decode_image, preprocess, to_model_mode
+from cnnserve.service.imaging import Preprocess, decode_image, preprocess, reduce_image, to_model_mode
 from PIL import Image
 
 from cnnserve import models
@@ -227,6 +227,75 @@ def test_float_image_is_stretched_to_the_full_range() -> None:
     assert tensor.shape == (1, 4, 64)
     assert tensor.min() == 0.0
     assert tensor.max() == 1.0
+
+
+def _odd_modes() -> dict[str, Image.Image]:
+    """One image in every mode the service reduces, with content that exercises the reduction (a band boundary
+    falls inside: 1500 × 800 pixels is more than one band of rows)."""
+    rng = np.random.default_rng(3)
+    h, w = 800, 1500
+    rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    la = rng.integers(0, 256, (h, w, 2), dtype=np.uint8)
+    palette = Image.fromarray(rng.integers(0, 4, (h, w), dtype=np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (252 * 3))
+    palette.info["transparency"] = 2
+    return {
+        "I;16": Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16)),
+        "I": Image.fromarray(rng.integers(0, 70000, (h, w), dtype=np.int32), mode="I"),
+        "F": Image.fromarray(rng.normal(5.0, 3.0, (h, w)).astype(np.float32), mode="F"),
+        "RGBA": Image.fromarray(rgba, mode="RGBA"),
+        "LA": Image.fromarray(la, mode="LA"),
+        "P+transparency": palette,
+        "CMYK": Image.fromarray(rgba, mode="CMYK"),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_odd_modes()))
+def test_reducing_early_changes_no_pixel_the_model_sees(mode: str) -> None:
+    """The service reduces an upload right after decoding (16-bit and float to 8-bit grey, transparency onto the
+    model's background, band by band); every answer must come out as if it had not."""
+    img = _odd_modes()[mode]
+    for background in ((255, 255, 255), (0, 0, 0), (0, 0, 255)):
+        reduced = reduce_image(img, background)
+        assert reduced.mode in ("L", "RGB", "CMYK")
+        for channels in (1, 3):
+            np.testing.assert_array_equal(
+                np.asarray(to_model_mode(reduced, channels, background)),
+                np.asarray(to_model_mode(img, channels, background)),
+                err_msg=f"{mode} on {background}",
+            )
+
+
+def test_reducing_a_large_sixteen_bit_image_makes_no_full_size_float_copy() -> None:
+    """The float64 copy the old conversion made was 8 bytes a pixel (128 MB here); bands keep numpy's part small."""
+    import tracemalloc
+
+    img = Image.fromarray(np.tile(np.arange(4000, dtype=np.uint16) * 16, (4000, 1)))
+    tracemalloc.start()
+    try:
+        reduced = reduce_image(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reduced.mode == "L" and reduced.size == img.size
+    assert peak < 40e6, f"{peak / 1e6:.0f} MB of numpy at once"
+
+
+def test_a_decode_costs_what_the_header_says() -> None:
+    """decode_bytes is read from the header before decoding: Pillow's bytes per pixel of the mode plus 4 for the
+    reduced or upright copy, and more for a progressive JPEG's coefficients."""
+    from cnnserve.service.imaging import decode_bytes, load_image, open_image
+
+    rgb = open_image(encode(noise(300, 200), "PNG"))
+    assert decode_bytes(rgb) == 300 * 200 * (4 + 4)
+    grey = open_image(encode(Image.new("L", (300, 200)), "PNG"))
+    assert decode_bytes(grey) == 300 * 200 * (1 + 4)
+    progressive = open_image(encode(noise(300, 200), "JPEG", progressive=True))
+    assert decode_bytes(progressive) == 300 * 200 * (4 + 4 + 2 * 3)
+    assert load_image(grey).size == (300, 200)
+    sixteen = encode(Image.fromarray(np.full((20, 30), 40000, dtype=np.uint16)), "PNG")
+    assert load_image(open_image(sixteen), reduce=True).mode == "L"
+    assert load_image(open_image(sixteen)).mode.startswith("I")  # decode_image keeps the mode
 
 
 # --- formats and orientation ---------------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from ..errors import BadInput, ServeError
+from ..errors import BadInput, PayloadTooLarge, ServeError
 from . import oip
+from .requests import megabytes
 from .state import ServiceState
 from .statistics import model_statistics
 
@@ -162,8 +163,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             label = runner.info.name
             runner.info.require_ready()
             with service.metrics.stage(label, "decode"):
+                limits = oip.request_limits(runner.info, service.settings)
+                if request.ByteSize() > limits.body_bytes:
+                    raise PayloadTooLarge(
+                        f"the request is {megabytes(request.ByteSize())}, over model {label!r}'s limit of "
+                        f"{megabytes(limits.body_bytes)} (a full batch of its input)"
+                    )
                 oip.check_parameters(_parameters(request.parameters), _REQUEST_PARAMETERS, "the request")
-                feed = _decode(runner, request)
+                feed = _decode(runner, request, limits.elements)
                 requested = oip.requested_outputs(runner, _requested(request))
             with service.metrics.stage(label, "inference"):
                 outputs = await oip.infer(runner, feed, requested)
@@ -231,7 +238,7 @@ for _name in _UNIMPLEMENTED:
     setattr(InferenceServicer, _name, _unimplemented)
 
 
-def _decode(runner: Any, request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+def _decode(runner: Any, request: service_pb2.ModelInferRequest, max_elements: int) -> dict[str, np.ndarray]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise BadInput("raw_input_contents must hold one entry per input")
@@ -243,7 +250,7 @@ def _decode(runner: Any, request: service_pb2.ModelInferRequest) -> dict[str, np
         name = tensor.name
         oip.check_parameters(_parameters(tensor.parameters), (), f"input {name!r}")
         dtype, shape = oip.check_input(runner, name, tensor.datatype, list(tensor.shape))
-        total = oip.count_elements(shape, total)
+        total = oip.count_elements(shape, total, max_elements)
         count = int(np.prod(shape, dtype=np.int64))
         if raw:
             if len(raw[index]) != count * dtype.itemsize:
@@ -278,10 +285,15 @@ def _encode(request: service_pb2.ModelInferRequest, name: str, outputs: list[oip
 
 async def start_grpc_server(service: ServiceState, host: str, port: int, *, reuse_port: bool) -> grpc.aio.Server:
     """Serve ``GRPCInferenceService`` for ``service`` on ``host:port`` from this process's event loop."""
+    # The largest message any served model takes (its request_limits); each request is checked against its own.
+    largest = max(
+        (oip.request_limits(info, service.settings).body_bytes for info in service.catalog if info.ready),
+        default=oip.HEADER_SLACK,
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_receive_message_length", oip.MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max(4 * 2**20, largest)),
             ("grpc.max_send_message_length", oip.MAX_MESSAGE_BYTES),
         ]
     )

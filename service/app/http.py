@@ -3,7 +3,7 @@
 Every image endpoint is the same request path (:func:`handle`), given its :class:`~service.tasks.Task`:
 
     parse the body (requests.py) → the task's typed options → the model (Catalog.pick) → decode and preprocess
-    (imaging.py) → the model's runner (batched) → the task's answer
+    (work.py: imaging.py in the image pool) → the model's runner (batched) → the task's answer
 
 so a new task needs no code here (docs/architecture.md). FastAPI is used for its OpenAPI: BentoML merges a mounted
 FastAPI app's paths into its own ``/docs.json``, and the app serves Swagger UI at ``/docs``; the request body is
@@ -12,16 +12,21 @@ documented with ``openapi_extra`` because it is parsed here, not by FastAPI.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import logging
 import time
+import traceback
+import uuid
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -29,13 +34,13 @@ from starlette.staticfiles import StaticFiles
 
 from ... import __version__
 from ..errors import ServeError
-from ..imaging import decode_image, preprocess_uint8
 from ..tasks import ImageAnswer, Task, all_tasks
 from .json_errors import not_found
 from .requests import drain_refused_body, parse_image_request
 from .schemas import ErrorResponse, ModelsResponse, models_response
 from .state import ServiceState, current
 from .v2 import router as v2_router
+from .work import INLINE_RENDER_PIXELS
 
 __all__ = ["routes_app", "handle"]
 
@@ -47,29 +52,122 @@ def _error(exc: ServeError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
-async def _answer(service: ServiceState, task: Task, request: Request, seen: dict[str, str]) -> Response:
-    """The request path of every image endpoint (``seen["model"]``: the model, once picked). Raises ServeError."""
-    settings, metrics = service.settings, service.metrics
-    req = await parse_image_request(request, settings.max_upload_bytes)
+_PIECE = 4 * 2**20  # bytes per piece of a large response body
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    return [data[i : i + _PIECE] for i in range(0, len(data), _PIECE)] if len(data) > _PIECE else [data]
+
+
+def _encoded(answer: BaseModel | ImageAnswer, pictures_inside: bool = True) -> tuple[list[bytes], str]:
+    """An answer → its body, in pieces, and its media type.
+
+    A JSON answer's pictures (``pictures_inside``: the task has ``png_fields``) are long base64 strings: they are
+    cut out before ``json.dumps`` and spliced back as ASCII a piece at a time (base64 needs no escaping), so neither
+    the encoder nor one long copy holds the GIL, and at most two copies of a picture exist at once."""
+    if isinstance(answer, ImageAnswer):
+        return _pieces(answer.png), answer.media_type
+    payload = answer.model_dump(exclude_none=True)
+    del answer
+    if not pictures_inside:
+        return [json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()], (
+            "application/json"
+        )
+    pictures: list[str] = []
+    placeholder = uuid.uuid4().hex  # stands for each picture in the text json.dumps writes
+    text = json.dumps(
+        _cut_pictures(payload, pictures, placeholder), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
+    del payload
+    parts = text.split(f'"{placeholder}"')
+    body = [parts[0].encode("utf-8")]
+    for picture, after in zip(pictures, parts[1:], strict=True):
+        body.append(b'"')
+        body.extend(picture[i : i + _PIECE].encode("ascii") for i in range(0, len(picture), _PIECE))
+        body.append(b'"' + after.encode("utf-8"))
+    return body, "application/json"
+
+
+def _cut_pictures(value: Any, pictures: list[str], placeholder: str) -> Any:
+    """``value`` with every long plain-ASCII string moved to ``pictures`` and replaced by ``placeholder``."""
+    if isinstance(value, str) and len(value) > _PIECE and _plain_ascii(value):
+        pictures.append(value)
+        return placeholder
+    if isinstance(value, dict):
+        return {k: _cut_pictures(v, pictures, placeholder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_pictures(v, pictures, placeholder) for v in value]
+    return value
+
+
+def _plain_ascii(text: str) -> bool:
+    """Text JSON writes as it is (base64): ASCII, printable, no quote or backslash."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+class _PiecesResponse(Response):
+    """A response whose body is sent in pieces (no copy of a large answer into one buffer)."""
+
+    def __init__(self, pieces: list[bytes], media_type: str) -> None:
+        super().__init__(b"", media_type=media_type)
+        self.pieces = pieces
+        self.headers["content-length"] = str(sum(len(p) for p in pieces))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.pieces) - 1
+        for i, piece in enumerate(self.pieces):
+            await send({"type": "http.response.body", "body": piece, "more_body": i < last})
+
+
+def _answer_and_encode(task: Task, name: str, contract: Any, outputs: Any, upload: Any, pixels: Any, options: Any):
+    return _encoded(task.answer(name, contract, outputs, upload, pixels, options), bool(task.png_fields))
+
+
+async def _answer(
+    service: ServiceState, task: Task, request: Request, seen: dict[str, str], stack: AsyncExitStack
+) -> Response:
+    """The request path of every image endpoint (``seen["model"]``: the model, once picked). Raises ServeError.
+    Memory reservations (body, then image work) are held in ``stack`` until the request ends."""
+    settings, metrics, work = service.settings, service.metrics, service.work
+
+    async def hold(nbytes: int) -> None:
+        await work.hold(work.bodies, nbytes, stack)
+
+    req = await parse_image_request(
+        request, settings.max_upload_bytes, max_json_depth=settings.max_json_depth, hold=hold
+    )
     options = task.parse_options(req.fields)
     runner = service.catalog.pick(task, options.model)
     name = seen["model"] = runner.info.name
     contract = runner.info.require_ready()
     task.check(contract, options)  # before any decoding work
-    with metrics.stage(name, "decode"):
-        draft = contract.preprocess if task.draft_decode else None
-        upload = decode_image(
-            req.image, max_pixels=settings.max_pixels, draft_for=draft, draft_ratio=settings.jpeg_draft
-        )
-    with metrics.stage(name, "preprocess"):
-        pixels = preprocess_uint8(upload, contract.preprocess)
+    per_pixel = task.answer_bytes_per_pixel(options)
+    decoded = await work.decode(
+        req.image,
+        contract.preprocess,
+        max_pixels=settings.max_pixels,
+        draft_for=contract.preprocess if task.draft_decode else None,
+        draft_ratio=settings.jpeg_draft,
+        answer_bytes_per_pixel=per_pixel,
+        stack=stack,
+    )
+    del req
+    metrics.observe(name, "decode", decoded.decode_seconds)
+    metrics.observe(name, "preprocess", decoded.preprocess_seconds)
     with metrics.stage(name, "inference"):
-        batch = await runner.infer(pixels[None], task.graph_inputs(contract, options))
+        batch = await runner.infer(decoded.pixels[None], task.graph_inputs(contract, options))
     with metrics.stage(name, "postprocess"):
-        answer = task.answer(name, contract, {k: v[0] for k, v in batch.items()}, upload, pixels, options)
-        if isinstance(answer, ImageAnswer):
-            return Response(answer.png, media_type=answer.media_type)
-        return JSONResponse(answer.model_dump(exclude_none=True))
+        outputs = {k: v[0] for k, v in batch.items()}
+        job = (task, name, contract, outputs, decoded.upload, decoded.pixels, options)
+        upload_pixels = decoded.upload.width * decoded.upload.height
+        if per_pixel and upload_pixels > INLINE_RENDER_PIXELS:  # drawing or encoding pictures: off the loop
+            pieces, media_type = await work.run(_answer_and_encode, *job, lease=decoded.lease)
+        else:
+            pieces, media_type = _answer_and_encode(*job)
+        if len(pieces) == 1:
+            return Response(pieces[0], media_type=media_type)
+        return _PiecesResponse(pieces, media_type)
 
 
 async def handle(task: Task, request: Request) -> Response:
@@ -79,15 +177,23 @@ async def handle(task: Task, request: Request) -> Response:
     start = time.perf_counter()
     seen = {"model": "-"}
     try:
-        response = await _answer(service, task, request, seen)
+        async with AsyncExitStack() as stack:
+            response = await _answer(service, task, request, seen, stack)
+    except asyncio.CancelledError as exc:  # the server's timeout: let go of the request's pictures now
+        traceback.clear_frames(exc.__traceback__)
+        raise
     except ServeError as exc:
+        # The traceback's frames hold the request's bytes and pictures, in a cycle through the exit stack's frame
+        # that only the garbage collector would break: free them now.
+        traceback.clear_frames(exc.__traceback__)
         if seen["model"] == "-":
-            seen["model"] = _safe_label(request.query_params.get("model", "-"))
+            seen["model"] = _model_label(service, request.query_params.get("model", "-"))
         if exc.status == 413:
             await drain_refused_body(request)
         response = _error(exc)
-    except Exception:  # a bug, not the client's fault: say so without details, log them, keep serving
+    except Exception as exc:  # a bug, not the client's fault: say so without details, log them, keep serving
         logger.exception("unexpected error on %s", task.route)
+        traceback.clear_frames(exc.__traceback__)
         response = JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
     model_name = seen["model"]
     service.metrics.requests.labels(model=model_name, route=task.route, status=str(response.status_code)).inc()
@@ -106,9 +212,9 @@ async def handle(task: Task, request: Request) -> Response:
     return response
 
 
-def _safe_label(value: str) -> str:
-    """Metric labels from client input are bounded: unknown names are not echoed into the time series."""
-    return "-" if len(value) > 64 else value
+def _model_label(service: ServiceState, value: str) -> str:
+    """Metric labels from client input are bounded: a name is a label only if it is a served model."""
+    return value if service.catalog.get(value) is not None else "-"
 
 
 def _field_schema(task: Task) -> dict[str, dict[str, Any]]:

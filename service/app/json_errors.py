@@ -11,12 +11,15 @@ JSON errors pass through untouched and unbuffered.
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 
 __all__ = ["JSONErrors", "not_found"]
+
+logger = logging.getLogger("cnnserve.errors")
 
 
 def not_found(path: str) -> str:
@@ -51,11 +54,13 @@ class JSONErrors:
             await self.app(scope, receive, send)
             return
         held: dict[str, Any] | None = None  # the start of an error response being rewritten
+        started = False
         chunks: list[bytes] = []
 
         async def _send(message: dict[str, Any]) -> None:
-            nonlocal held
+            nonlocal held, started
             if message["type"] == "http.response.start":
+                started = True
                 content_type = Headers(raw=message.get("headers", [])).get("content-type", "")
                 if message["status"] >= 400 and not content_type.startswith("application/json"):
                     held = message
@@ -74,4 +79,13 @@ class JSONErrors:
                 return
             await send(message)
 
-        await self.app(scope, receive, _send)
+        try:
+            await self.app(scope, receive, _send)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unexpected error on %s", scope.get("path"))
+            body = json.dumps({"error": "internal error; the server log has the details"}, separators=(",", ":"))
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body.encode()})

@@ -64,6 +64,10 @@ class Metrics:
         finally:
             self.stage_seconds.labels(model=model, stage=stage).observe(time.perf_counter() - start)
 
+    def observe(self, model: str, stage: str, seconds: float) -> None:
+        """A stage timed elsewhere (decoding and pre-processing run in the image pool, and time themselves there)."""
+        self.stage_seconds.labels(model=model, stage=stage).observe(seconds)
+
     def observe_batch(self, model: str) -> Callable[[int, float], None]:
         """A runner's per-run callback: images in the run and its seconds."""
 

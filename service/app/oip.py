@@ -14,6 +14,10 @@ gRPC (:mod:`.grpc_server`). Each transport only turns its wire format into the p
   them, and the answer would be NaN probabilities. ``perf_analyzer``'s default random data for FP32 inputs is
   random bytes, which hold NaN; the README shows ``--input-data zero`` (or a uint8 export, where any byte is a
   pixel).
+* **Limits** (:func:`request_limits`): a request holds at most a full batch of the model's own input (its batch
+  limit × channels × input size; for models of any size, the size recorded at export), and a body or message at most
+  that in binary FP32 plus 1 MB (``CNNSERVE_V2_MAX_BODY_MB`` sets it by hand); every dimension is at least 1, and a
+  model of any size takes only sizes it can (U-Net: multiples of its ``size_multiple``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 from ... import __version__
 from ..catalog import Catalog
 from ..contract import TensorInfo
-from ..errors import BadInput, ModelNotFound
+from ..errors import BadInput, ModelNotFound, PayloadTooLarge
 from ..runtime.runner import Runner
 from ..settings import Settings
 from ..tasks.classify import rank_classes
@@ -37,6 +41,8 @@ from ..triton import label_output, served_config
 
 __all__ = [
     "EXTENSIONS",
+    "HEADER_SLACK",
+    "Limits",
     "MAX_ELEMENTS",
     "MAX_MESSAGE_BYTES",
     "MODEL_VERSION",
@@ -52,6 +58,7 @@ __all__ = [
     "model_config",
     "model_metadata",
     "repository_index",
+    "request_limits",
     "serialize_bytes",
     "server_version",
     "tensor_metadata",
@@ -86,12 +93,34 @@ ORT_TO_V2 = {
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
 }
-MAX_ELEMENTS = 64 * 3 * 1024 * 1024  # one request's input elements: 64 images of 1024² RGB
-# The largest request either transport takes in (an HTTP body once inflated, a gRPC message).
+MAX_ELEMENTS = 64 * 3 * 1024 * 1024  # one request's input elements at most, whatever the model (64 images of 1024² RGB)
+# The largest request either transport takes in at most (an HTTP body once inflated, a gRPC message); each model's
+# own limit (request_limits) is usually far lower.
 MAX_MESSAGE_BYTES = 256 * 2**20
+HEADER_SLACK = 1_000_000  # the JSON around binary tensors (and a JSON request's own keys) in a model's body limit
 MODEL_VERSION = "1"
 # Triton's names for the protocol extensions implemented here (GET /v2, gRPC ServerMetadata).
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one inference request to a model may hold: its body's (or message's) bytes, its input elements."""
+
+    body_bytes: int
+    elements: int
+
+
+def request_limits(info: Any, settings: Settings) -> Limits:
+    """A full batch of the model's own input (see the module's docstring): its elements, and their bytes in binary
+    FP32 plus :data:`HEADER_SLACK` as the body limit, unless ``CNNSERVE_V2_MAX_BODY_MB`` says otherwise."""
+    contract = info.require_ready()
+    batch = info.batching.max_batch_size if info.batching is not None else settings.max_batch_size
+    elements = min(MAX_ELEMENTS, batch * contract.in_channels * contract.input_size[0] * contract.input_size[1])
+    if settings.v2_max_body_mb > 0:
+        body = int(settings.v2_max_body_mb * 1_000_000)
+        return Limits(body, min(MAX_ELEMENTS, max(elements, (body - HEADER_SLACK) // 4)))
+    return Limits(min(MAX_MESSAGE_BYTES, elements * 4 + HEADER_SLACK), elements)
 
 
 @dataclass(frozen=True)
@@ -176,6 +205,9 @@ def check_parameters(parameters: Any, implemented: Sequence[str], where: str) ->
         return {}
     if not isinstance(parameters, Mapping):
         raise BadInput(f"{where}: parameters must be an object")
+    for key, value in parameters.items():
+        if not isinstance(value, (bool, int, float, str)):
+            raise BadInput(f"{where}: parameter {key!r} must be a boolean, a number or a string")
     unknown = sorted(str(key) for key in parameters if key not in implemented)
     if unknown:
         known = ", ".join(implemented) or "none"
@@ -192,7 +224,7 @@ def check_input(runner: Runner, name: Any, datatype: Any, shape: Any) -> tuple[n
     """One input's header against the graph: known name, the graph's datatype, a shape that fits its dims."""
     info = runner.info
     graph_inputs = {i.name: i for i in info.inputs}
-    if name not in graph_inputs:
+    if not isinstance(name, str) or name not in graph_inputs:
         raise BadInput(f"unknown input {name!r}; model {info.name!r} takes {', '.join(graph_inputs)}")
     if datatype not in V2_DATATYPES:
         raise BadInput(f"input {name!r}: unknown datatype {datatype!r}")
@@ -208,14 +240,29 @@ def check_input(runner: Runner, name: Any, datatype: Any, shape: Any) -> tuple[n
         raise BadInput(f"input {name!r}: shape {list(shape)} does not fit the model's {expected_shape}")
     if expected_shape and expected_shape[0] == -1 and shape[0] == 0:
         raise BadInput(f"input {name!r}: the batch is empty")
+    if 0 in shape:
+        raise BadInput(f"input {name!r}: shape {list(shape)} has an empty dimension; every dimension is at least 1")
+    contract = info.require_ready()
+    dynamic = [i for i in (2, 3) if len(expected_shape) == 4 and expected_shape[i] == -1]
+    step = contract.size_multiple
+    if name == info.input_name and dynamic and step > 1 and any(shape[i] % step for i in dynamic):
+        h, w = contract.input_size
+        raise BadInput(
+            f"input {name!r}: model {info.name!r} takes images whose height and width are multiples of {step} "
+            f"(e.g. {h}×{w}), got {shape[2]}×{shape[3]}"
+        )
     return V2_DATATYPES[datatype], list(shape)
 
 
-def count_elements(shape: Sequence[int], total: int) -> int:
-    """Elements of one more input, added to the request's running ``total`` (400 past :data:`MAX_ELEMENTS`)."""
+def count_elements(shape: Sequence[int], total: int, limit: int = MAX_ELEMENTS) -> int:
+    """Elements of one more input, added to the request's running ``total`` (413 past ``limit``: the model's
+    :func:`request_limits`)."""
     total += math.prod(shape)
-    if total > MAX_ELEMENTS:
-        raise BadInput(f"the request holds more than {MAX_ELEMENTS:,} input elements; send smaller batches")
+    if total > limit:
+        raise PayloadTooLarge(
+            f"the request holds more than {limit:,} input elements, a full batch of this model's input; send "
+            "smaller batches"
+        )
     return total
 
 

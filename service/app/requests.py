@@ -1,8 +1,20 @@
-"""Reading an image request, whatever its shape: multipart form data (file field ``image`` plus form fields), JSON
-with ``image`` as base64 (or a ``data:`` URL), or a raw image body with the fields as query parameters. Query
-parameters work with every body type. Every malformed request is a :class:`~service.errors.ServeError` (a 4xx with
-``{"error": ...}``), never an exception from a parser. The upload limit is checked against ``Content-Length``
-before the body is read, and counted while it arrives for bodies without one.
+"""Reading a request, whatever its shape, within limits: bodies, JSON and image requests.
+
+Image requests come as multipart form data (file field ``image`` plus form fields), JSON with ``image`` as base64
+(or a ``data:`` URL; line breaks allowed, as ``base64`` prints them), or a raw image body with the fields as query
+parameters. Query parameters work with every body type. Every malformed request is a
+:class:`~service.errors.ServeError` (a 4xx with ``{"error": ...}``), never an exception from a parser.
+
+The limits are small functions every route calls (the image routes, ``/v2``, tasks that take a second file or no
+image at all):
+
+- :func:`check_declared_length` refuses a body from its ``Content-Length`` before any of it is read;
+- :func:`counted` counts a body as it arrives and stops it at the limit (chunked bodies have no length), and
+  :func:`drain_refused_body` reads the rest of a refused body so that simple clients see the 413;
+- :func:`body_cost` is what holding and parsing a body will cost, reserved in the worker's memory budget before it
+  is read (service.app.work);
+- :func:`parse_json` bounds JSON: nesting depth, digits of an integer, and the parser's own errors (a recursion
+  error, Python's integer-string limit) all become a 400.
 """
 
 from __future__ import annotations
@@ -11,16 +23,36 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import UploadFile
+import numpy as np
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from ..errors import BadInput, PayloadTooLarge, ServeError
 
-__all__ = ["ImageRequest", "drain_refused_body", "parse_image_request"]
+__all__ = [
+    "ImageRequest",
+    "MAX_INT_DIGITS",
+    "body_cost",
+    "check_declared_length",
+    "counted",
+    "declared_length",
+    "decode_base64",
+    "drain_refused_body",
+    "json_depth",
+    "megabytes",
+    "parse_image_request",
+    "parse_json",
+    "read_body",
+]
+
+MAX_INT_DIGITS = 64  # an integer in a JSON body longer than this is refused (Python's own limit is 4,300 digits)
+_MULTIPART_SLACK = 65536  # form boundaries, headers and small fields around the image
 
 
 @dataclass(frozen=True)
@@ -32,44 +64,74 @@ class ImageRequest:
     fields: dict[str, Any]
 
 
+# --- bodies -----------------------------------------------------------------------------------------------------
+
+
 def megabytes(size: int) -> str:
     """A byte count for people, in the unit of ``CNNSERVE_MAX_UPLOAD_MB``: MB = 10⁶ bytes (one unit system)."""
     return f"{size / 1e6:.1f} MB" if size % 100_000 else f"{size / 1e6:g} MB"
 
 
-def _decode_base64(text: str, limit: int) -> bytes:
-    text = text.strip()
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    if len(text) * 3 // 4 > limit:
-        raise PayloadTooLarge(f"the image is over the upload limit of {megabytes(limit)}")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInput("in a JSON body, `image` must be the image file encoded as base64") from None
+def declared_length(request: Request) -> int | None:
+    """The body's ``Content-Length``, or None for a chunked body."""
+    length = request.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def check_declared_length(request: Request, limit: int, what: str = "request", shown: str = "") -> None:
+    """A 413 for a body whose ``Content-Length`` is over ``limit``, before any of it is read. ``shown`` names the
+    limit in the message, when it is not the body's own (the image routes name their upload limit)."""
+    length = declared_length(request)
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the {what} is {megabytes(length)}, over the {shown or f'limit of {megabytes(limit)}'}")
 
 
 class _Body:
-    """A request body counted as it arrives: refused with a 413 as soon as it passes ``limit``, and remembered as
-    complete or not, so that a refused body can be drained (:func:`drain_refused_body`)."""
+    """How much of a request body has arrived, refused with a 413 as soon as it passes ``limit``, and whether it is
+    complete (so that a refused body can be drained: :func:`drain_refused_body`). Kept in the request's scope, so
+    it holds no reference back to the connection (a cycle only the garbage collector would free)."""
 
-    def __init__(self, request: Request, limit: int, upload_limit: int | None = None) -> None:
-        self._receive = request.receive
+    def __init__(self, limit: int, what: str, shown: str = "") -> None:
         self.limit = limit
-        self.upload_limit = upload_limit or limit  # the limit as the user set it (``limit`` adds base64's share)
+        self.what = what
+        self.shown = shown or f"limit of {megabytes(limit)}"
         self.received = 0
         self.complete = False
 
-    async def receive(self) -> dict[str, Any]:
-        message = await self._receive()
+    def count(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             self.complete = not message.get("more_body", False)
             if self.received > self.limit:
-                raise PayloadTooLarge(f"the upload is over the limit of {megabytes(self.upload_limit)}")
+                raise PayloadTooLarge(f"the {self.what} is over the {self.shown}")
         else:  # http.disconnect
             self.complete = True
+
+
+def counted(request: Request, limit: int, what: str = "request", shown: str = "") -> Request:
+    """The same request, its body stopped with a 413 once more than ``limit`` bytes arrived (and drainable)."""
+    body = request.scope["cnnserve.body"] = _Body(limit, what, shown)
+    receive = request.receive
+
+    async def counting_receive() -> dict[str, Any]:
+        message = await receive()
+        body.count(message)
         return message
+
+    return Request(request.scope, counting_receive)
+
+
+async def read_body(request: Request, limit: int, what: str = "request") -> bytes:
+    """The whole body, at most ``limit`` bytes (413 from ``Content-Length`` first, then while it arrives)."""
+    check_declared_length(request, limit, what)
+    return await counted(request, limit, what).body()
+
+
+def body_cost(request: Request, limit: int, factor: float = 1.0) -> int:
+    """The memory a body will take while held and parsed: its declared length (a chunked body: ``limit``) times
+    ``factor`` (what parsing it adds: a JSON body with a base64 image holds the text, the string and the bytes)."""
+    length = declared_length(request)
+    return int(min(limit, length if length is not None else limit) * factor)
 
 
 DRAIN_BYTES = 64 * 2**20  # the most of a refused body read and dropped before closing…
@@ -85,27 +147,129 @@ async def drain_refused_body(request: Request) -> None:
         return
     body = request.scope.get("cnnserve.body")
     if body is None:  # refused from its Content-Length, before any of it was read
-        body = _Body(request, limit=2**62)
+        body = _Body(limit=2**62, what="request")
     drained = 0
     deadline = time.monotonic() + DRAIN_SECONDS
     try:
         while not body.complete and drained < DRAIN_BYTES:
-            message = await asyncio.wait_for(body._receive(), max(0.01, deadline - time.monotonic()))
+            message = await asyncio.wait_for(request.receive(), max(0.01, deadline - time.monotonic()))
             drained += len(message.get("body", b""))
             body.complete = message["type"] != "http.request" or not message.get("more_body", False)
     except (asyncio.TimeoutError, OSError):
         return
 
 
-async def parse_image_request(request: Request, limit: int) -> ImageRequest:
-    """multipart / JSON / raw body → :class:`ImageRequest`; :class:`ServeError` for anything malformed."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit * 4 // 3 + 65536:
-        raise PayloadTooLarge(f"the request is {megabytes(int(length))}, over the upload limit of {megabytes(limit)}")
-    body = request.scope["cnnserve.body"] = _Body(request, limit * 4 // 3 + 65536, limit)  # chunked: no Content-Length
-    request = Request(request.scope, body.receive)
-    fields: dict[str, Any] = dict(request.query_params.items())
+# --- JSON -------------------------------------------------------------------------------------------------------
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')  # translate(None, this) keeps []{}"
+_OPENERS = np.zeros(256, dtype=np.int8)
+_OPENERS[list(b"[{")] = 1
+_OPENERS[list(b"]}")] = -1
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON text, without parsing it (C-speed passes over the bytes):
+    escapes are dropped, strings cut out, and the brackets left are summed."""
+    if b"\\" in data:
+        data = _ESCAPE.sub(b"", data)
+    structure = data.translate(None, _NOT_STRUCTURE)
+    outside = b"".join(structure.split(b'"')[::2])  # with escapes gone, quotes pair up: even pieces are outside
+    if not outside:
+        return 0
+    return int(np.cumsum(_OPENERS[np.frombuffer(outside, dtype=np.uint8)], dtype=np.int64).max())
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadInput(f"a number in the JSON body has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    # A Python-level hook: the parser calls back into the interpreter for every number, so a large tensor's parse
+    # lets other threads (the event loop) run in between instead of holding the GIL for the whole document.
+    return float(text)
+
+
+def parse_json(data: bytes, *, max_depth: int, what: str = "the JSON body") -> Any:
+    """JSON bytes → Python values, or a 400 that says what is wrong: not JSON, nested deeper than ``max_depth``,
+    an integer longer than :data:`MAX_INT_DIGITS` digits."""
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise BadInput(f"{what} nests {depth} levels deep; at most {max_depth} are allowed")
+    try:
+        return json.loads(data, parse_int=_parse_int, parse_float=_parse_float)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
+        raise BadInput(f"{what} is not valid JSON") from None
+
+
+# --- image requests ---------------------------------------------------------------------------------------------
+
+_B64_CHUNK = 4 * 2**20  # characters decoded between two yields to the event loop (a multiple of 4)
+
+
+async def decode_base64(text: str, limit: int) -> bytes:
+    """Base64 (or a ``data:`` URL) → bytes, at most ``limit`` of them. Whitespace and line breaks are allowed
+    (what ``base64`` prints without ``-w0``); decoded in pieces, yielding to the event loop between them."""
+    text = text.strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if any(c in text for c in " \t\r\n"):
+        text = "".join(text.split())
+    if len(text) * 3 // 4 > limit:
+        raise PayloadTooLarge(f"the image is over the upload limit of {megabytes(limit)}")
+    if len(text) % 4:
+        raise BadInput("in a JSON body, `image` must be the image file encoded as base64 (its length is not whole)")
+    pieces = []
+    try:
+        for start in range(0, len(text), _B64_CHUNK):
+            pieces.append(base64.b64decode(text[start : start + _B64_CHUNK], validate=True))
+            if start + _B64_CHUNK < len(text):
+                await asyncio.sleep(0)
+    except (binascii.Error, ValueError):
+        raise BadInput("in a JSON body, `image` must be the image file encoded as base64") from None
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _form_parts(form: FormData, files: tuple[str, ...]) -> tuple[dict[str, UploadFile], dict[str, str]]:
+    """A parsed form → its file parts (only those named in ``files``) and text fields; a part sent twice is a 400
+    (which of two images would be meant?)."""
+    found: dict[str, UploadFile] = {}
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if key in found or key in fields:
+            raise BadInput(f"the form has more than one `{key}` part; send it once")
+        if key in files:
+            if not isinstance(value, UploadFile):
+                raise BadInput(f"`{key}` must be a file upload (-F {key}=@photo.jpg), not a text field")
+            found[key] = value
+        elif isinstance(value, UploadFile):
+            raise BadInput(f"`{key}` must be a form field, not a file")
+        else:
+            fields[key] = value
+    return found, fields
+
+
+Hold = Callable[[int], Awaitable[object]]  # reserve this many bytes of body memory until the request ends
+
+
+async def parse_image_request(
+    request: Request, limit: int, *, max_json_depth: int = 32, hold: Hold | None = None
+) -> ImageRequest:
+    """multipart / JSON / raw body → :class:`ImageRequest`; :class:`ServeError` for anything malformed.
+
+    ``limit`` is the image's; the body may be larger by room for the form's other parts (and a JSON body by
+    base64's third). ``hold`` reserves the memory the body will cost (:func:`body_cost`) before it is read."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    is_json = content_type == "application/json"
+    body_limit = (limit * 4 // 3 if is_json else limit) + _MULTIPART_SLACK  # base64 is a third longer
+    shown = f"upload limit of {megabytes(limit)}"
+    check_declared_length(request, body_limit, "request", shown)
+    if hold is not None:
+        await hold(body_cost(request, body_limit, 3.0 if is_json else 1.0))
+    request = counted(request, body_limit, "upload", shown)
+    fields: dict[str, Any] = dict(request.query_params.items())
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=4, max_fields=32, max_part_size=1024 * 1024)
@@ -113,28 +277,21 @@ async def parse_image_request(request: Request, limit: int) -> ImageRequest:
             raise
         except Exception as exc:  # python-multipart / starlette raise several types for broken bodies
             raise BadInput(f"the multipart body could not be parsed ({exc})") from None
-        image = form.get("image")
-        for key, value in form.multi_items():
-            if key != "image":
-                if isinstance(value, UploadFile):
-                    raise BadInput(f"`{key}` must be a form field, not a file")
-                fields[key] = value
-        if image is None:
-            raise BadInput("the form has no `image` file field; send it as -F image=@photo.jpg")
-        if not isinstance(image, UploadFile):
-            raise BadInput("`image` must be a file upload (-F image=@photo.jpg), not a text field")
-        data = await image.read()
-        await form.close()
-    elif content_type == "application/json":
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadInput("the JSON body could not be parsed") from None
+            files, form_fields = _form_parts(form, ("image",))
+            fields.update(form_fields)
+            if "image" not in files:
+                raise BadInput("the form has no `image` file field; send it as -F image=@photo.jpg")
+            data = await files["image"].read()
+        finally:
+            await form.close()
+    elif content_type == "application/json":
+        body = parse_json(await request.body(), max_depth=max_json_depth)
         if not isinstance(body, dict) or "image" not in body:
             raise BadInput('a JSON body must be an object with "image" (base64) and optional fields')
         if not isinstance(body["image"], str):
             raise BadInput("in a JSON body, `image` must be a base64 string")
-        data = _decode_base64(body.pop("image"), limit)
+        data = await decode_base64(body.pop("image"), limit)
         fields.update({k: v for k, v in body.items() if v is not None})
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
         data = await request.body()
@@ -144,5 +301,5 @@ async def parse_image_request(request: Request, limit: int) -> ImageRequest:
             "JSON with a base64 `image`, or the raw image bytes with an image/* content type"
         )
     if len(data) > limit:
-        raise PayloadTooLarge(f"the upload is {megabytes(len(data))}, over the limit of {megabytes(limit)}")
+        raise PayloadTooLarge(f"the upload is {megabytes(len(data))}, over the {shown}")
     return ImageRequest(data, fields)

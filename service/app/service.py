@@ -22,6 +22,7 @@ No torch here: the serving image is torch-free.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -48,6 +49,8 @@ with bentoml.importing():
     from .grpc_server import start_grpc_server
     from .http import routes_app
     from .metrics import Metrics
+    from .server import install
+    from .work import ImageWork
 
 logger = logging.getLogger("cnnserve.service")
 
@@ -78,6 +81,9 @@ def _local_catalog(settings: Settings, metrics: Metrics) -> Catalog:
 
 _SETTINGS = get_settings()
 TWO_TIER = _SETTINGS.two_tier()
+# Metrics labelled by route template, a header-read timeout in uvicorn, memory given back after large requests
+# (service/app/server.py); before BentoML builds the app and uvicorn its protocol, which happen after this import.
+install(header_timeout_s=_SETTINGS.header_timeout_s)
 
 # BentoML's own access log is off on both tiers: the model tier's calls are internal, and the API tier writes one
 # richer JSON line per request itself (``cnnserve.access``); two lines per request cost CPU at thousands a second.
@@ -186,6 +192,12 @@ class CNNServe:
         self.two_tier = TWO_TIER
         self.catalog = Catalog() if self.two_tier else _local_catalog(self.settings, self.metrics)
         self.grpc_server: Any = None
+        self.work = ImageWork(
+            threads=self.settings.image_threads,
+            body_bytes=int(self.settings.body_memory_mb * 1_000_000),
+            work_bytes=int(self.settings.work_memory_mb * 1_000_000),
+            wait_s=self.settings.max_latency_ms / 1000,
+        )
 
     async def __is_ready__(self) -> bool:
         """BentoML's ``/readyz``: ready once at least one model is (``Catalog.readiness``, the rule
@@ -195,9 +207,12 @@ class CNNServe:
 
     @bentoml.on_startup
     async def _start(self) -> None:
-        """In this order: the models (two tiers: from the model tier), then gRPC beside HTTP."""
+        """In this order: the models (two tiers: from the model tier), then gRPC beside HTTP. Then everything
+        loaded so far, which lives as long as the process, leaves the garbage collector's full passes: they
+        otherwise walk it all, holding the GIL (and with it ``/livez``) for a quarter of a second and more."""
         await self._connect_model_tier()
         await self._start_grpc()
+        gc.freeze()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
@@ -241,5 +256,6 @@ class CNNServe:
         )
 
 
-# BentoML answers a few errors itself in plain text (``/readyz``'s 503); the contract's shape is {"error": ...}.
+# BentoML and Starlette answer a few errors themselves in plain text (``/readyz``'s 503, an unknown path, a method a
+# route does not take, an exception that escaped); the contract's shape is {"error": ...}.
 CNNServe.add_asgi_middleware(JSONErrors)

@@ -1,4 +1,4 @@
-"""What the routes need of the running service — its settings, metrics and catalog of models — without
+"""What the routes need of the running service — its settings, metrics, catalog of models and image work — without
 importing the BentoML service class (which imports the routes): the arrow points one way."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import bentoml
 from ..catalog import Catalog
 from ..settings import Settings
 from .metrics import Metrics
+from .work import ImageWork
 
 __all__ = ["ServiceState", "current"]
 
@@ -18,6 +19,7 @@ class ServiceState(Protocol):
     settings: Settings
     metrics: Metrics
     catalog: Catalog
+    work: ImageWork
 
 
 def current() -> ServiceState:

@@ -117,6 +117,12 @@ class Task:
     def check(self, contract: ModelContract, options: TaskOptions) -> None:
         """Refuse options this model cannot honour, before any decoding work (a 400 with what it accepts)."""
 
+    def answer_bytes_per_pixel(self, options: TaskOptions) -> int:
+        """The most memory :meth:`answer` and its encoded response hold at once, per pixel of the upload, beyond the
+        upload itself: 0 for answers that do not grow with it (a class, boxes). The service reserves it in its
+        memory budget before decoding, and runs answers that draw or encode pictures off the event loop."""
+        return 0
+
     def graph_inputs(self, contract: ModelContract, options: TaskOptions) -> dict[str, float]:
         """The scalar graph inputs for this request (detection thresholds), defaulting to the file's own."""
         return {}

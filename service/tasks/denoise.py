@@ -19,7 +19,8 @@ def denoised_image(reconstruction: np.ndarray, upload: Image.Image) -> Image.Ima
     arr = np.clip(np.rint(np.asarray(reconstruction, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
     img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
     img = img.resize(upload.size, Image.Resampling.BILINEAR)
-    return img.convert("L" if upload.mode in _GREY_MODES else "RGB")
+    mode = "L" if upload.mode in _GREY_MODES else "RGB"
+    return img if img.mode == mode else img.convert(mode)
 
 
 @register_task
@@ -31,6 +32,10 @@ class DenoiseTask(Task):
     serves = ("autoencoder",)
     default_model = "cae"
     record_key = "denoised"
+
+    def answer_bytes_per_pixel(self, options: TaskOptions) -> int:
+        # the reconstruction at the upload's size (4), its other mode (4), the PNG and its copy
+        return 8
 
     def answer(self, model, contract, outputs: Outputs, upload, pixels, options: TaskOptions) -> ImageAnswer:
         return ImageAnswer(png=png_bytes(denoised_image(outputs["reconstruction"], upload)))

@@ -111,9 +111,13 @@ class DetectTask(Task):
     def graph_inputs(self, contract: ModelContract, options: DetectOptions) -> dict[str, float]:
         return threshold_inputs(contract, options)
 
+    def answer_bytes_per_pixel(self, options: DetectOptions) -> int:
+        # render: an RGB copy of a grey upload (4), its PNG, base64 and JSON copies
+        return 12 if options.render else 0
+
     def answer(self, model, contract, outputs: Outputs, upload, pixels, options: DetectOptions) -> DetectResponse:
         found, _ = detections(contract, outputs, pixels, upload, options.max_detections)
-        rendered = png_base64(draw_detections(upload, found, contract.classes)) if options.render else None
+        rendered = png_base64(draw_detections(upload, found, contract.classes, copy=False)) if options.render else None
         return DetectResponse(
             model=model, width=upload.width, height=upload.height, detections=found, rendered=rendered
         )

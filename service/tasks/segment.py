@@ -2,7 +2,8 @@
 
 Semantic models answer ``logits [K, h, w]``: the argmax is resized (nearest) to the upload and counted per class.
 Instance models answer detections plus one 28×28 mask probability map each, pasted back over its box in the
-upload (:func:`service.masks.paste_masks`, torchvision's rule).
+upload (:func:`service.masks.paste_mask`, torchvision's rule), one at a time: each full-size mask is encoded (and
+drawn) before the next is made.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from ..codecs import colour_overlay, draw_detections, draw_legend, png_base64
+from ..codecs import blend_mask, colour_overlay, detection_colour, draw_detections, draw_legend, png_base64
 from ..contract import ModelContract
-from ..masks import paste_masks
+from ..imaging import to_model_mode
+from ..masks import paste_mask
 from . import register_task
 from .base import Outputs, Task, TaskOptions
 from .detect import Detection, DetectOptions, detections, threshold_inputs
@@ -73,6 +75,10 @@ class SegmentTask(Task):
     Response = SegmentResponse
     png_fields = ("mask", "overlay", "rendered")
 
+    def answer_bytes_per_pixel(self, options: SegmentOptions) -> int:
+        # the class mask (2), the overlay picture (4), its PNG and the base64 and JSON text of each picture
+        return 16 if options.overlay or options.render else 4
+
     def graph_inputs(self, contract: ModelContract, options: SegmentOptions) -> dict[str, float]:
         return threshold_inputs(contract, options)
 
@@ -83,8 +89,8 @@ class SegmentTask(Task):
     def _semantic(self, model, contract, outputs, upload: Image.Image, pixels, options) -> dict[str, Any]:
         logits = np.asarray(outputs["logits"])  # (K, h, w)
         small = logits.argmax(axis=0).astype(np.uint8)
-        mask = np.asarray(Image.fromarray(small).resize(upload.size, Image.Resampling.NEAREST))
-        counts = np.bincount(mask.reshape(-1), minlength=logits.shape[0])
+        mask = Image.fromarray(small).resize(upload.size, Image.Resampling.NEAREST)
+        counts = mask.histogram()[: logits.shape[0]]  # counted by Pillow: no full-size integer copy
         answer: dict[str, Any] = {
             "model": model,
             "kind": "semantic",
@@ -98,22 +104,26 @@ class SegmentTask(Task):
             ],
         }
         if options.overlay or options.render:
-            overlay = colour_overlay(upload, mask, logits.shape[0])
+            overlay = colour_overlay(upload, np.asarray(mask), logits.shape[0])
+            del mask
             if options.overlay:
                 answer["overlay"] = png_base64(overlay)
-            if options.render:  # the overlay with a key to its colours
+            if options.render:  # the overlay with a key to its colours, drawn on it once it has been encoded
                 key = [(c["index"], c["label"]) for c in answer["classes"] if c["index"] > 0]
-                answer["rendered"] = png_base64(draw_legend(overlay, key, logits.shape[0]))
+                answer["rendered"] = png_base64(draw_legend(overlay, key, logits.shape[0], copy=False))
         return answer
 
     def _instance(self, model, contract, outputs, upload: Image.Image, pixels, options) -> dict[str, Any]:
         found, order = detections(contract, outputs, pixels, upload, options.max_detections)
         count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
         boxes = np.array([d["box"] for d in found], dtype=np.float64).reshape(-1, 4)
-        masks = paste_masks(np.asarray(outputs["masks"])[:count][order], boxes, upload.height, upload.width)
-        rendered = draw_detections(upload, found, contract.classes, list(masks)) if options.render else None
-        for det, mask in zip(found, masks, strict=True):
-            det["mask"] = png_base64(mask.astype(np.uint8) * 255)
+        probabilities = np.asarray(outputs["masks"])[:count][order]
+        canvas = to_model_mode(upload, 3) if options.render else None  # drawn on: the upload is not needed after
+        for det, probability, box in zip(found, probabilities, boxes, strict=True):
+            mask = paste_mask(probability, box, upload.height, upload.width)
+            det["mask"] = png_base64(np.multiply(mask, 255, dtype=np.uint8))
+            if canvas is not None:
+                blend_mask(canvas, mask, detection_colour(det["index"], contract.classes))
         answer = {
             "model": model,
             "kind": "instance",
@@ -121,6 +131,6 @@ class SegmentTask(Task):
             "height": upload.height,
             "instances": found,
         }
-        if rendered is not None:
-            answer["rendered"] = png_base64(rendered)
+        if canvas is not None:
+            answer["rendered"] = png_base64(draw_detections(canvas, found, contract.classes, copy=False))
         return answer
