@@ -264,8 +264,8 @@ async def parse_image_request(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     is_json = content_type == "application/json"
     body_limit = (limit * 4 // 3 if is_json else limit) + _MULTIPART_SLACK  # base64 is a third longer
-    shown = f"upload limit of {megabytes(limit)}"
-    check_declared_length(request, body_limit, "request", shown)
+    shown = f"limit of {megabytes(limit)}"  # the limit as set, whatever room the body has around the image
+    check_declared_length(request, body_limit, "upload", shown)
     if hold is not None:
         await hold(body_cost(request, body_limit, 3.0 if is_json else 1.0))
     request = counted(request, body_limit, "upload", shown)
