@@ -99,10 +99,13 @@ def bench(
 def _is_committed_run(ctx: typer.Context) -> bool:
     """The whole suite with its default settings: the run whose results are committed in benchmarks/. Any option
     that changes what is measured makes a different table, which must not replace that record."""
-    from click.core import ParameterSource
+    return _all_default(ctx, ("model", "families", "batches", "clients", "duration", "repeats", "parts"))
 
-    measured = ("model", "families", "batches", "clients", "duration", "repeats", "parts")
-    return all(ctx.get_parameter_source(name) is ParameterSource.DEFAULT for name in measured)
+
+def _all_default(ctx: typer.Context, names: tuple[str, ...]) -> bool:
+    """Every one of these options left at its default. Compared by name: typer runs its own copy of click
+    (``typer._click``), whose ``ParameterSource`` is not ``click.core``'s, so an ``is`` test is never true."""
+    return all(getattr(ctx.get_parameter_source(name), "name", None) == "DEFAULT" for name in names)
 
 
 def _http_load(
@@ -295,18 +298,28 @@ def bench_serving_cpu(
 
 @bench_app.command("reliability")
 def bench_reliability(
+    ctx: typer.Context,
     clients: Annotated[int, typer.Option(min=1, help="soak: concurrent clients")] = 32,
     duration: Annotated[float, typer.Option(min=1, help="soak: seconds")] = 60.0,
     attack_seconds: Annotated[float, typer.Option(min=1, help="seconds of /livez probing under attack")] = 20.0,
     in_flight: Annotated[int, typer.Option(min=1, help="hostile uploads in flight during the attack")] = 8,
-    output: Annotated[Path, typer.Option(help="results JSON (RESULTS.md next to it)")] = Path(
-        "benchmarks/reliability/results.json"
-    ),
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="results JSON, RESULTS.md next to it (default: benchmarks/reliability/results.json, the committed "
+            "record; bench-results/reliability/results.json when an option changes what is measured)"
+        ),
+    ] = None,
 ) -> None:
     """The service under hostile input (starts its own, one tier, the default demo set; export it first with
     `cnnserve export --defaults`): the largest uploads the limits allow one at a time and eight at once with /livez
     probed, then a soak of good and bad requests; worker RSS throughout, 5xx counted."""
     from .reliability import reliability_benchmark
+    from .suite import ROOT
+
+    if output is None:
+        committed = _all_default(ctx, ("clients", "duration", "attack_seconds", "in_flight"))
+        output = (ROOT / "benchmarks" if committed else Path("bench-results")) / "reliability" / "results.json"
 
     try:
         result = reliability_benchmark(

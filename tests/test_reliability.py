@@ -394,6 +394,41 @@ def test_errors_from_every_layer_are_json(server, method: str, path: str, status
     _error(response)
 
 
+def test_the_error_middleware_rewrites_plain_text_and_escaped_exceptions() -> None:
+    """JSONErrors, the one error middleware on the service: a plain-text error becomes {"error"} with its headers
+    kept (a 405's Allow), an exception that escaped before the answer started a JSON 500 without its details, and a
+    success passes untouched."""
+    from cnnserve.service.app.json_errors import JSONErrors
+
+    async def app(scope, receive, send) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("secret details")
+        status, body = (200, b"fine") if scope["path"] == "/ok" else (405, b"Method Not Allowed")
+        headers = [(b"content-type", b"text/plain"), (b"allow", b"GET")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def call(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(JSONErrors(app)({"type": "http", "path": path, "method": "GET"}, receive, send))
+        return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, headers, body = call("/wrong")
+    assert (status, headers[b"allow"], headers[b"content-type"]) == (405, b"GET", b"application/json")
+    assert json.loads(body) == {"error": "Method Not Allowed"} and int(headers[b"content-length"]) == len(body)
+    status, headers, body = call("/boom")
+    assert status == 500 and headers[b"content-type"] == b"application/json"
+    assert set(json.loads(body)) == {"error"} and b"secret" not in body
+    assert call("/ok") == (200, {b"content-type": b"text/plain", b"allow": b"GET"}, b"fine")
+
+
 # --- 4. typed options take JSON booleans and numbers -----------------------------------------------------------------
 
 
