@@ -205,6 +205,7 @@ def serving_cpu_benchmark(
     import psutil
 
     image = _jpeg_640x480()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="cnnserve-serving-cpu-") as tmp:
         tmp_path = Path(tmp)
         make_null_model(tmp_path / "null.onnx")
@@ -238,11 +239,16 @@ def serving_cpu_benchmark(
                 levels.append(level)
         finally:
             _stop(process)
+    load_after = [round(x, 2) for x in os.getloadavg()]
     headline = next((lv for lv in levels if lv["clients"] == 64), levels[-1])
     per_request = headline["api_cpu_ms_per_req"] + headline["model_cpu_ms_per_img"] + headline["loadgen_cpu_ms_per_req"]
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores ({_cpu_model()})",
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # CPU seconds per request are what is measured, but other jobs on the machine still inflate them (caches,
+        # scheduling): the load average says how quiet it was.
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "settings": {"api_workers": api_workers, "jpeg_draft": jpeg_draft, "tiers": "two", **GPU_PLAN, **(env or {})},
         "image": "640x480 JPEG (astronaut, quality 90)",
         "api_cpu_ms_per_req": headline["api_cpu_ms_per_req"],
@@ -278,7 +284,8 @@ def _markdown(r: dict[str, Any]) -> str:
     met = {k: r[k] <= v for k, v in r["targets"].items()}
     return f"""# Serving CPU budget (null model, two tiers, no GPU)
 
-Measured {r["measured_at"]} on {r["machine"]}; settings {json.dumps(r["settings"])}; requests: {r["image"]} to
+Measured {r["measured_at"]} on {r["machine"]}, load average {r["load_average_before"]} before and
+{r["load_average_after"]} after; settings {json.dumps(r["settings"])}; requests: {r["image"]} to
 `POST /classify` from closed-loop clients on the same machine. Rerun: `cnnserve bench serving-cpu` (or `make bench`).
 
 | clients | req/s | p50 / p99 ms | API CPU ms/req | model tier CPU ms/img | … ms/call | transport CPU ms/img \
