@@ -286,7 +286,8 @@ def _markdown(r: dict[str, Any]) -> str:
 
 Measured {r["measured_at"]} on {r["machine"]}, load average {r["load_average_before"]} before and
 {r["load_average_after"]} after; settings {json.dumps(r["settings"])}; requests: {r["image"]} to
-`POST /classify` from closed-loop clients on the same machine. Rerun: `cnnserve bench serving-cpu` (or `make bench`).
+`POST /classify` from closed-loop clients on the same machine. Rerun: `cnnserve bench serving-cpu` (add
+`--jpeg-draft 0.9` for draft decoding).
 
 | clients | req/s | p50 / p99 ms | API CPU ms/req | model tier CPU ms/img | … ms/call | transport CPU ms/img \
 | load generator CPU ms/req | images/call | images/run | errors |
