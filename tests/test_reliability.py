@@ -632,3 +632,36 @@ def test_parse_json_turns_every_parser_failure_into_bad_input() -> None:
         with pytest.raises(BadInput):
             parse_json(text, max_depth=10_000_000)
     assert parse_json(b'{"k": [1, 2.5, true, null]}', max_depth=3) == {"k": [1, 2.5, True, None]}
+
+
+# --- the API tier's fixed cost: no tracing middleware when there is nowhere to send a span -------------------------
+
+
+def test_opentelemetrys_middleware_is_left_out_only_without_an_exporter(monkeypatch) -> None:
+    from cnnserve.service.app import server as patches
+    from opentelemetry.instrumentation import asgi
+
+    original = asgi.OpenTelemetryMiddleware
+    monkeypatch.setattr(asgi, "OpenTelemetryMiddleware", original)  # whatever happens here is undone afterwards
+    monkeypatch.setattr(patches, "tracing_configured", lambda: True)
+    assert not patches.without_idle_tracing() and asgi.OpenTelemetryMiddleware is original
+    monkeypatch.setattr(patches, "tracing_configured", lambda: False)
+    assert patches.without_idle_tracing() and asgi.OpenTelemetryMiddleware is not original
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    stand_in = asgi.OpenTelemetryMiddleware(app, excluded_urls=None, tracer_provider=None)
+    asyncio.run(stand_in({"type": "http"}, None, send))
+    assert sent == [{"type": "http.response.start", "status": 204, "headers": []}]
+
+
+def test_the_default_configuration_names_no_exporter() -> None:
+    from cnnserve.service.app.server import tracing_configured
+
+    assert tracing_configured() is False

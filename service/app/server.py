@@ -10,6 +10,11 @@ at the one place that decides it (the JSON error bodies are :mod:`.json_errors`'
   ``timeout_keep_alive`` but wait forever for a request's headers; this subclass of uvicorn's chosen protocol closes
   a connection whose headers have not arrived within ``CNNSERVE_HEADER_TIMEOUT_S`` (with a 408), which is what
   uvicorn's ``auto`` protocol becomes (``install``).
+- :func:`without_idle_tracing`: BentoML wraps every request in OpenTelemetry's ASGI middleware, which makes a
+  span and two more per message sent or received even when no exporter is configured and nothing is ever recorded
+  (``tracing.sample_rate`` defaults to 0). That was a measurable share of the API tier's CPU per request
+  (``cnnserve bench serving-cpu``); with no exporter configured the middleware is left out. Configure
+  ``tracing.exporter_type`` in BentoML's configuration and it is there as before.
 - :func:`~service.app.work.tune_malloc` (memory given back after large requests; see there).
 - Pillow's limit on the text a PNG's header may inflate (64 MB by default, on the event loop when a small upload is
   opened there) is lowered to 4 MB: text metadata is never used here, and a few kB of compressed text must not cost
@@ -28,7 +33,14 @@ from starlette.routing import Mount, compile_path
 
 from .work import tune_malloc
 
-__all__ = ["header_timeout_protocol", "install", "route_template", "templated_traffic_metrics"]
+__all__ = [
+    "header_timeout_protocol",
+    "install",
+    "route_template",
+    "templated_traffic_metrics",
+    "tracing_configured",
+    "without_idle_tracing",
+]
 
 # --- metrics labelled by route template ---------------------------------------------------------------------------
 
@@ -166,6 +178,34 @@ def header_timeout_protocol(base: type, timeout_s: float) -> type:
     return HeaderTimeoutProtocol
 
 
+class _PassThrough:
+    """Stands in for OpenTelemetry's ASGI middleware: the same constructor, no spans."""
+
+    def __init__(self, app: Any, **_options: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def tracing_configured() -> bool:
+    """Whether BentoML's configuration names a trace exporter (spans would then go somewhere)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return bool(BentoMLContainer.config.tracing.exporter_type.get())
+
+
+def without_idle_tracing() -> bool:
+    """Leave OpenTelemetry's middleware out of the app BentoML builds when no exporter is configured (BentoML imports
+    the class when it builds the app, after this runs). Returns whether it was left out."""
+    if tracing_configured():
+        return False
+    from opentelemetry.instrumentation import asgi
+
+    asgi.OpenTelemetryMiddleware = _PassThrough
+    return True
+
+
 _installed = False
 
 
@@ -184,5 +224,6 @@ def install(header_timeout_s: float) -> None:
     from uvicorn.importer import import_from_string
 
     instruments.RunnerTrafficMetricsMiddleware = templated_traffic_metrics()
+    without_idle_tracing()
     auto = import_from_string(uvicorn_config.HTTP_PROTOCOLS["auto"])
     uvicorn_config.HTTP_PROTOCOLS["auto"] = header_timeout_protocol(auto, header_timeout_s)

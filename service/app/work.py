@@ -87,8 +87,12 @@ def tune_malloc() -> None:
     """A fixed mmap threshold for glibc's malloc (see the module's docstring); nothing elsewhere."""
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):
-        m_mmap_threshold = -3
+        m_mmap_threshold, m_trim_threshold = -3, -1
         libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+        # Fixing the mmap threshold also freezes the trim threshold at 128 KB: every call that frees a batch's
+        # buffers would give the heap's top back and fault it in again on the next. Twice the mmap threshold is
+        # what glibc's own dynamic rule would settle on; large requests still end with an explicit malloc_trim.
+        libc.mallopt(m_trim_threshold, 2 * MMAP_THRESHOLD)
 
 
 def trim_malloc() -> None:
