@@ -11,7 +11,7 @@ from cnnserve.service.runtime.batching import ModelBatcher
 
 
 def _runner(calls: list[int], delay: float = 0.02, fail: Exception | None = None):
-    async def run(batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
+    async def run(batch: np.ndarray, extra: dict[str, float], rows: dict) -> dict[str, np.ndarray]:
         calls.append(len(batch))
         await asyncio.sleep(delay)
         if fail is not None:
@@ -44,7 +44,7 @@ def test_inflight_limit_and_multi_image_jobs() -> None:
     calls: list[int] = []
     running, peak = 0, 0
 
-    async def run(batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
+    async def run(batch: np.ndarray, extra: dict[str, float], rows: dict) -> dict[str, np.ndarray]:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -104,3 +104,34 @@ def test_jobs_past_the_latency_budget_are_shed_with_503() -> None:
         assert shed and all(r.status == 503 and "overloaded" in r.message for r in shed)
 
     asyncio.run(main())
+
+
+def test_further_per_row_inputs_travel_with_their_images() -> None:
+    """An inpainting mask rides in the same run as its image, cut the same way; jobs whose masks differ in shape
+    never share a run, and a job larger than a batch is split with its mask."""
+    calls: list[int] = []
+
+    async def run(batch: np.ndarray, extra: dict[str, float], rows: dict) -> dict[str, np.ndarray]:
+        calls.append(len(batch))
+        await asyncio.sleep(0.02)
+        mask = rows["mask"].reshape(len(batch), -1)[:, 0]
+        return {"out": batch.reshape(len(batch), -1)[:, 0].astype(np.float32) * 1000 + mask}
+
+    async def main() -> None:
+        batcher = ModelBatcher("m", run, max_batch_size=4, max_latency_ms=5000)
+        jobs = [batcher.infer(_image(i)[None], {"mask": np.full((1, 1, 2, 2), i + 0.5, np.float32)}) for i in range(6)]
+        answers = await asyncio.gather(*jobs)
+        assert [float(a["out"][0]) for a in answers] == [1000 * i + i + 0.5 for i in range(6)]
+        big = await batcher.infer(
+            np.stack([_image(k) for k in range(7)]), {"mask": np.arange(7, dtype=np.float32).reshape(7, 1, 1, 1)}
+        )
+        assert big["out"].tolist() == [1000 * k + k for k in range(7)]
+        calls.clear()
+        shapes = [(2, 2), (2, 2), (3, 3), (2, 2), (3, 3)]
+        await asyncio.gather(
+            *(batcher.infer(_image(1)[None], {"mask": np.zeros((1, 1, *shape), np.float32)}) for shape in shapes)
+        )
+        assert sorted(calls) == [1, 2, 2]  # the first alone, then the 2×2 masks together and the 3×3 ones together
+
+    asyncio.run(main())
+    assert max(calls) <= 4

@@ -124,7 +124,8 @@ class ModelTier:
 
     @bentoml.api
     async def infer(self, request: bytes) -> bytes:
-        """The fallback call: pickled (model name, uint8 images [n, C, H, W], scalar inputs) → a reply."""
+        """The fallback call: pickled (model name, uint8 images [n, C, H, W], scalar inputs, further per-row
+        inputs) → a reply."""
         return await answer_payload(self.catalog.runners, "infer", request)
 
     @bentoml.api

@@ -13,8 +13,9 @@ tier's event loop busy and the GPU nearly idle; ``benchmarks/gpu/run1`` has the 
 The same batcher works at both tiers of the two-tier service (:mod:`.runner`): in an API worker it groups that
 worker's concurrent requests into one call to the model tier (several calls in flight, so the worker never idles
 on one round trip), and in the model tier it groups the calls from all API workers into one onnxruntime run. A job
-is therefore a small batch ``[n, C, H, W]``, not always one image. Padding a batch to a fixed shape is the
-model's business (:mod:`.model`'s buckets), not the batcher's.
+is therefore a small batch ``[n, C, H, W]``, not always one image, plus the rows of any further per-row graph
+inputs (an inpainting mask ``[n, 1, H, W]``), which travel with the images and are cut the same way. Padding a batch
+to a fixed shape is the model's business (:mod:`.model`'s buckets), not the batcher's.
 """
 
 from __future__ import annotations
@@ -22,30 +23,38 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ModelUnavailable
 
-__all__ = ["ModelBatcher", "RunBatch"]
+__all__ = ["ModelBatcher", "Rows", "RunBatch"]
 
-# (images [N, C, H, W], scalar graph inputs) → every graph output for those N images.
-RunBatch = Callable[[np.ndarray, dict[str, float]], Awaitable[dict[str, np.ndarray]]]
+# Per-row graph inputs beside the first one (an inpainting mask), by graph input name: n rows each, like the images.
+Rows = Mapping[str, np.ndarray]
+# (images [N, C, H, W], scalar graph inputs, further per-row inputs) → every graph output for those N rows.
+RunBatch = Callable[[np.ndarray, dict[str, float], dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 
 
 @dataclass
 class _Job:
-    images: np.ndarray  # (n, C, H, W)
+    images: np.ndarray  # (n, C, H, W): the graph's first input (a generator's latent codes (n, Z))
     extra: dict[str, float]
     future: asyncio.Future
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # name → (n, ...)
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
     def key(self) -> tuple:
         # Jobs share one run only when they fit one tensor and one set of scalar inputs (detection thresholds).
-        return (self.images.shape[1:], self.images.dtype.str, tuple(sorted(self.extra.items())))
+        shapes = tuple((name, value.shape[1:], value.dtype.str) for name, value in sorted(self.rows.items()))
+        return (self.images.shape[1:], self.images.dtype.str, tuple(sorted(self.extra.items())), shapes)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class ModelBatcher:
@@ -117,8 +126,8 @@ class ModelBatcher:
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         try:
-            parts = [job.images for job in jobs]
-            batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            batch = _joined([job.images for job in jobs])
+            per_row = {name: _joined([job.rows[name] for job in jobs]) for name in jobs[0].rows}
             rows = len(batch)
             if self._observe_queue is not None:
                 now = time.monotonic()
@@ -126,7 +135,7 @@ class ModelBatcher:
                     self._observe_queue(now - job.enqueued)
             start = time.perf_counter()
             try:
-                outputs = await self._run(batch, jobs[0].extra)
+                outputs = await self._run(batch, jobs[0].extra, per_row)
             except Exception as exc:  # every job of the batch gets the error (a ServeError keeps its status)
                 for job in jobs:
                     if not job.future.done():
@@ -146,22 +155,25 @@ class ModelBatcher:
 
     # --- the API ---------------------------------------------------------------------------------------------
 
-    async def infer(self, images: np.ndarray, **extra: float) -> dict[str, np.ndarray]:
-        """Preprocessed images ``[n, C, H, W]`` (+ scalar graph inputs) → their rows of every graph output."""
+    async def infer(self, images: np.ndarray, rows: Rows | None = None, **extra: float) -> dict[str, np.ndarray]:
+        """Preprocessed images ``[n, C, H, W]`` (+ further per-row inputs, + scalar graph inputs) → their rows of
+        every graph output."""
+        rows = dict(rows or {})
         if len(images) > self.max_batch_size:  # one job never exceeds a batch: split it here
+            step = self.max_batch_size
             parts = [
-                await self.infer(images[i : i + self.max_batch_size], **extra)
-                for i in range(0, len(images), self.max_batch_size)
+                await self.infer(images[i : i + step], {k: v[i : i + step] for k, v in rows.items()}, **extra)
+                for i in range(0, len(images), step)
             ]
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        job = _Job(images, extra, asyncio.get_running_loop().create_future())
+        job = _Job(images, extra, asyncio.get_running_loop().create_future(), rows)
         self._queue.append(job)
         self._dispatch()
         return await job.future
 
     async def infer_one(self, image: np.ndarray, **extra: float) -> dict[str, np.ndarray]:
         """One image ``[C, H, W]`` → its slice of every graph output (no batch axis)."""
-        outputs = await self.infer(image[None], **extra)
+        outputs = await self.infer(image[None], None, **extra)
         return {name: value[0] for name, value in outputs.items()}
 
     def shutdown(self) -> None:

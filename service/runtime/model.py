@@ -73,6 +73,29 @@ class ModelInfo(BaseModel):
         return [o.name for o in self.outputs]
 
     @property
+    def row_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every per-row graph input (the images first; an inpainting ``mask``; a generator's ``latent``) → its shape
+        without the batch axis: the graph's own where static, the contract's input size where H and W are dynamic.
+        What a warm-up or a measurement feeds."""
+        contract = self.require_ready()
+        shapes: dict[str, tuple[int, ...]] = {}
+        for tensor in self.inputs:
+            if tensor.name in contract.extra_inputs:
+                continue  # a scalar (detection thresholds)
+            dims = list(tensor.dims[1:])
+            if len(dims) == 3 and (dims[1] < 0 or dims[2] < 0):
+                dims[1:] = contract.input_size
+            if dims and dims[0] < 0:
+                dims[0] = contract.in_channels
+            shapes[tensor.name] = tuple(dims)
+        return shapes
+
+    def zero_rows(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``n`` rows of zeros for every per-row input: (the first input as uint8, the others as float32)."""
+        (_, shape), *others = self.row_shapes.items()
+        return np.zeros((n, *shape), dtype=np.uint8), {k: np.zeros((n, *s), dtype=np.float32) for k, s in others}
+
+    @property
     def on_cuda(self) -> bool:
         return bool(self.providers) and self.providers[0] == "CUDAExecutionProvider"
 
@@ -212,8 +235,11 @@ class OnnxModel:
     def contract(self) -> ModelContract:
         return self.info.require_ready()
 
-    def feed_for(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
-        """The graph's inputs for a batch given as uint8 (0–255) or float32 ([0, 1]) pixels.
+    def feed_for(
+        self, images: np.ndarray, extra: Mapping[str, float], rows: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs for a batch given as uint8 (0–255) or float32 ([0, 1]) pixels, its scalar inputs and
+        its further per-row inputs (float32, by name).
 
         The service passes uint8 between its processes (4× fewer bytes) and converts only here, to what the file
         takes; a uint8-input variant gets the bytes untouched (its graph casts on the device)."""
@@ -227,33 +253,40 @@ class OnnxModel:
             else:
                 images = images.astype(np.float32)
         feed = {self.info.input_name: np.ascontiguousarray(images)}
+        for name, value in (rows or {}).items():
+            feed[name] = np.ascontiguousarray(value, dtype=np.float32)
         for name, default in contract.extra_inputs.items():
             feed[name] = np.asarray(extra.get(name, default), dtype=np.float32)
         return feed
 
-    def run(self, images: np.ndarray, extra: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        images: np.ndarray,
+        extra: Mapping[str, float] | None = None,
+        rows: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
         """A batch ``[N, C, H, W]`` (uint8 0–255 or float32 in [0, 1]; plus scalar graph inputs such as
-        ``score_threshold``, defaulting to the values recorded at export) → every graph output by name, N rows."""
+        ``score_threshold``, defaulting to the values recorded at export; plus further per-row inputs such as an
+        inpainting ``mask``) → every graph output by name, N rows."""
         names = self.info.output_names
-        return dict(zip(names, self.run_graph(names, self.feed_for(images, extra or {})), strict=True))
+        return dict(zip(names, self.run_graph(names, self.feed_for(images, extra or {}, rows)), strict=True))
 
     def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The named outputs for a feed of graph inputs (``/v2`` sends the graph's own tensors). With buckets the
-        images are padded to the bucket (split first if larger than the largest) and every output is trimmed back
-        to the batch's rows."""
-        images = feed[self.info.input_name]
-        rows = len(images)
+        """The named outputs for a feed of graph inputs (``/v2`` sends the graph's own tensors). With buckets every
+        per-row input is padded to the bucket (split first if larger than the largest) and every output is trimmed
+        back to the batch's rows; scalar inputs (0-d) go as they are."""
+        rows = len(feed[self.info.input_name])
         plan = self._plan
         if plan.buckets is not None and rows > plan.buckets[-1]:
             step = plan.buckets[-1]
             parts = [
-                self.run_graph(names, {**feed, self.info.input_name: images[i : i + step]})
+                self.run_graph(names, {k: v[i : i + step] if v.ndim else v for k, v in feed.items()})
                 for i in range(0, rows, step)
             ]
             return [np.concatenate(values) for values in zip(*parts, strict=True)]
         bucket = plan.bucket_for(rows)
         if bucket is not None:
-            feed = {**feed, self.info.input_name: _pad(images, bucket)}
+            feed = {k: _pad(v, bucket) if v.ndim else v for k, v in feed.items()}
         with self._slots[bucket].take() as session:
             values = self._run_session(session, bucket, feed, names)
         return values if bucket is None else [value[:rows] for value in values]
@@ -273,15 +306,11 @@ class OnnxModel:
         once. A model that cannot even run zeros is marked not ready with the reason."""
         if not self.info.ready:
             return
-        contract = self.contract
-        shape = (contract.in_channels, *contract.input_size)
         try:
-            if self._plan.buckets is None:
-                self.run(np.zeros((1, *shape), dtype=np.uint8))
-                return
-            for bucket in self._plan.buckets:
-                for _ in range(self._plan.sessions):  # each session of the bucket builds its own plans
-                    self.run(np.zeros((bucket, *shape), dtype=np.uint8))
+            for bucket in self._plan.buckets or (1,):
+                images, rows = self.info.zero_rows(bucket)
+                for _ in range(self._plan.sessions if self._plan.buckets else 1):  # each session builds its plans
+                    self.run(images, rows=rows)
         except Exception as exc:
             self.fail(f"{type(exc).__name__}: {exc}")
             logger.error("model %s failed its warm-up run: %s", self.info.name, self.info.error)

@@ -406,11 +406,11 @@ def with_buckets(policy: BatchPolicy, *, on_cuda: bool, setting: str, inflight: 
     return policy.model_copy(update={"buckets": list(buckets), "sessions": len(buckets) * max(1, inflight)})
 
 
-def random_batch(in_channels: int, input_size: tuple[int, int]) -> Callable[[int], np.ndarray]:
-    """``sample(b)`` for :func:`measure_curve`: b random images as the batcher feeds them (uint8 pixels)."""
+def random_batch(shape: tuple[int, ...]) -> Callable[[int], np.ndarray]:
+    """``sample(b)`` for :func:`measure_curve`: b random rows of ``shape`` as the batcher feeds them (uint8)."""
     rng = np.random.default_rng(0)
 
     def sample(b: int) -> np.ndarray:
-        return rng.integers(0, 256, size=(b, in_channels, *input_size), dtype=np.uint8)
+        return rng.integers(0, 256, size=(b, *shape), dtype=np.uint8)
 
     return sample

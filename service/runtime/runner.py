@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .batching import ModelBatcher
+from .batching import ModelBatcher, Rows
 from .model import ModelInfo, OnnxModel
 
 __all__ = ["Runner", "LocalRunner", "RemoteRunner", "Transport"]
@@ -37,10 +37,13 @@ class Runner(Protocol):
 
     info: ModelInfo
 
-    async def infer(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
-        """Images ``[n, C, H, W]`` + scalar graph inputs → their rows of every output, batched with concurrent
-        requests. Pixels are uint8 (0–255, the routes' preprocessed images) or the graph's own input tensor
-        (``/v2``: float32 in [0, 1], or uint8 for a uint8-input file); ``OnnxModel.feed_for`` converts."""
+    async def infer(
+        self, images: np.ndarray, extra: Mapping[str, float], rows: Rows | None = None
+    ) -> dict[str, np.ndarray]:
+        """Images ``[n, C, H, W]`` + scalar graph inputs (+ further per-row graph inputs by name, e.g. an
+        inpainting ``mask``) → their rows of every output, batched with concurrent requests. Pixels are uint8 (0–255,
+        the routes' preprocessed images) or the graph's own input tensor (``/v2``: float32 in [0, 1], or uint8 for a
+        uint8-input file; a generator's noise); ``OnnxModel.feed_for`` converts."""
         ...
 
     async def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -80,13 +83,15 @@ class LocalRunner:
     def info(self) -> ModelInfo:
         return self.model.info
 
-    async def _run(self, batch: np.ndarray, extra: dict[str, float]) -> dict[str, np.ndarray]:
+    async def _run(self, batch: np.ndarray, extra: dict[str, float], rows: dict[str, np.ndarray]) -> dict:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.model.run, batch, extra)
+        return await loop.run_in_executor(self._executor, self.model.run, batch, extra, rows)
 
-    async def infer(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, images: np.ndarray, extra: Mapping[str, float], rows: Rows | None = None
+    ) -> dict[str, np.ndarray]:
         self.info.require_ready()
-        return await self.batcher.infer(images, **extra)
+        return await self.batcher.infer(images, rows, **extra)
 
     async def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.info.require_ready()
@@ -127,12 +132,16 @@ class RemoteRunner:
     async def _call(self, method: str, *parts: Any) -> Any:
         return await self._transport.call(method, self.info.name, *parts)
 
-    def _call_infer(self, batch: np.ndarray, extra: dict[str, float]) -> Awaitable[dict[str, np.ndarray]]:
-        return self._call("infer", batch, extra)
+    def _call_infer(
+        self, batch: np.ndarray, extra: dict[str, float], rows: dict[str, np.ndarray]
+    ) -> Awaitable[dict[str, np.ndarray]]:
+        return self._call("infer", batch, extra, rows)
 
-    async def infer(self, images: np.ndarray, extra: Mapping[str, float]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, images: np.ndarray, extra: Mapping[str, float], rows: Rows | None = None
+    ) -> dict[str, np.ndarray]:
         self.info.require_ready()
-        return await self.batcher.infer(images, **extra)
+        return await self.batcher.infer(images, rows, **extra)
 
     async def run_graph(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.info.require_ready()

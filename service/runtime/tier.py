@@ -74,8 +74,8 @@ async def run_call(runners: Mapping[str, Runner], method: str, name: str, parts:
     if runner is None:
         raise ModelNotFound(f"model {name!r} is not served by the model tier")
     if method == "infer":
-        images, extra = parts
-        return await runner.infer(images, extra)
+        images, extra, *rows = parts  # rows: further per-row graph inputs (an inpainting mask), if any
+        return await runner.infer(images, extra, rows[0] if rows else None)
     if method == "run_graph":
         names, feed = parts
         return await runner.run_graph(names, feed)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..settings import Settings
 from .model import OnnxModel
 from .policy import (
@@ -47,8 +49,13 @@ def tune_model(
     conversion, io-binding on CUDA) and store it for this file on this machine; returns the stored entry."""
     contract = model.contract
     budget_ms = budget_ms or settings.batch_budget_ms
-    sample = random_batch(contract.in_channels, contract.input_size)
-    curve = measure_curve(model.run, sample, budget_ms=budget_ms, log=log)
+    (_, shape), *others = model.info.row_shapes.items()
+    sample = random_batch(shape)
+
+    def run(batch: np.ndarray) -> object:  # further per-row inputs (an inpainting mask) as zeros
+        return model.run(batch, rows={name: np.zeros((len(batch), *s), dtype=np.float32) for name, s in others})
+
+    curve = measure_curve(run, sample, budget_ms=budget_ms, log=log)
     entry = profile_entry(
         sha256=file_digest(model.path),
         model=model.info.name,
