@@ -30,6 +30,8 @@ DEMOS: dict[str, tuple[str, str]] = {
     "lenet5-digits": ("cnnserve.export.demos.digits", "train_lenet5_digits"),
     "unet-shapes": ("cnnserve.export.demos.unet_shapes", "train_unet_shapes"),
     "cae-digits": ("cnnserve.export.demos.cae_digits", "train_cae_digits"),
+    "inpaint-digits": ("cnnserve.export.demos.inpaint_digits", "train_inpaint_digits"),
+    "vae-digits": ("cnnserve.export.demos.vae_digits", "train_vae_digits"),
     "yolo-shapes": ("cnnserve.export.demos.yolo_shapes", "train_yolo_shapes"),
 }
 
@@ -224,6 +226,10 @@ def score(
     top_k: Annotated[int, typer.Option(min=1)] = 5,
     overlay: Annotated[bool, typer.Option(help="semantic segmentation: also write colour overlays")] = False,
     heatmap: Annotated[bool, typer.Option(help="autoencoder: also write per-pixel error heat maps")] = False,
+    task: Annotated[
+        list[str] | None,
+        typer.Option(help="the answers to record, e.g. embed (repeatable); default: the model's usual answers"),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="skip images already in OUTPUT")] = False,
     engine: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data actors)")] = "local",
     workers: Annotated[int, typer.Option(min=1, help="local: processes; ray: actors (one session each)")] = 1,
@@ -261,7 +267,9 @@ def score(
             top_k=top_k,
             overlay=overlay,
             heatmap=heatmap,
+            tasks=tuple(task or ()),
             max_pixels=settings.max_pixels,
+            jpeg_draft=settings.jpeg_draft,
             providers=settings.providers,
             progress=bar.update,
             on_total=lambda n: setattr(bar, "total", n),

@@ -137,15 +137,21 @@ class JsonlSink:
         self._file.close()
 
 
+_PARQUET_COLUMNS = ("path", "model", "error", "answer")
+
+
 class ParquetSink:
     """A Parquet dataset folder: one ``part-NNNNNN.parquet`` per batch, written to a temporary name and renamed, so
     a killed run leaves only complete parts. Columns: ``path``, ``model``, ``error`` and ``answer`` (the rest of
-    the record as JSON, whose fields differ by task). ``pyarrow.parquet.read_table(folder)`` reads it whole."""
+    the record as JSON, whose fields differ by task), plus one fixed-size list column of float32 per vector field
+    (``embedding``: what vector stores load; null for a failed image). ``pyarrow.parquet.read_table(folder)`` reads
+    it whole."""
 
-    def __init__(self, output: Path, *, resume: bool) -> None:
+    def __init__(self, output: Path, *, resume: bool, vectors: dict[str, int] | None = None) -> None:
         import pyarrow.parquet as pq
 
         self.output = output
+        self.vectors = dict(vectors or {})  # field → its length
         if output.is_file() or (output.exists() and not resume):
             if output.is_file():
                 output.unlink()
@@ -163,16 +169,22 @@ class ParquetSink:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        vectors = self.vectors
         rows = [
             {
                 "path": r["path"],
                 "model": r.get("model"),
                 "error": r.get("error"),
-                "answer": None if "error" in r else json.dumps({k: v for k, v in r.items() if k != "path"}),
+                "answer": None
+                if "error" in r
+                else json.dumps({k: v for k, v in r.items() if k != "path" and k not in vectors}),
+                **{name: r.get(name) for name in vectors},
             }
             for r in records
         ]
-        schema = pa.schema([(name, pa.string()) for name in ("path", "model", "error", "answer")])
+        columns = [(name, pa.string()) for name in _PARQUET_COLUMNS]
+        columns += [(name, pa.list_(pa.float32(), length)) for name, length in vectors.items()]
+        schema = pa.schema(columns)
         target = self.output / f"part-{self._next:06d}.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), target.with_suffix(".tmp"))
         os.replace(target.with_suffix(".tmp"), target)
@@ -182,8 +194,11 @@ class ParquetSink:
         pass
 
 
-def open_sink(output: Path, *, resume: bool) -> JsonlSink | ParquetSink:
-    return ParquetSink(output, resume=resume) if output.suffix == ".parquet" else JsonlSink(output, resume=resume)
+def open_sink(output: Path, *, resume: bool, vectors: dict[str, int] | None = None) -> JsonlSink | ParquetSink:
+    """JSONL, or for ``*.parquet`` a Parquet folder with a fixed-size list column per entry of ``vectors``."""
+    if output.suffix == ".parquet":
+        return ParquetSink(output, resume=resume, vectors=vectors)
+    return JsonlSink(output, resume=resume)
 
 
 def read_records(output: Path) -> list[dict]:
@@ -196,7 +211,8 @@ def read_records(output: Path) -> list[dict]:
     for part in sorted(output.glob("part-*.parquet")):
         for row in pq.read_table(part).to_pylist():
             answer = json.loads(row["answer"]) if row["answer"] else {"error": row["error"]}
-            records.append({"path": row["path"], **answer})
+            vectors = {k: v for k, v in row.items() if k not in _PARQUET_COLUMNS and v is not None}
+            records.append({"path": row["path"], **answer, **vectors})
     return records
 
 
@@ -248,10 +264,13 @@ def score_files(
     providers: list[str] | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    tasks: tuple[str, ...] = (),
+    jpeg_draft: float = 1.0,
 ) -> dict[str, int]:
     """Score every input into ``output`` (JSONL, or a Parquet folder for ``*.parquet``); returns counts of scored,
-    failed and skipped images. ``engine="ray"`` runs on the Ray cluster at ``ray_address`` (default: a local one)
-    with ``workers`` actors; ``engine="local"`` in ``workers`` processes."""
+    failed and skipped images. ``tasks`` names the answers each record holds (``("embed",)`` for embeddings; by
+    default the model's usual answers). ``engine="ray"`` runs on the Ray cluster at ``ray_address`` (default: a
+    local one) with ``workers`` actors; ``engine="local"`` in ``workers`` processes."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     name, path = resolve_model_file(model_ref)
@@ -264,8 +283,11 @@ def score_files(
         overlay=overlay,
         heatmap=heatmap,
         max_pixels=max_pixels,
+        tasks=tuple(tasks),
+        jpeg_draft=jpeg_draft,
     )
     scorer: Scorer | None = Scorer(config)  # a broken model fails here, with the service's message
+    vectors = scorer.vector_lengths()
     if engine == "ray" or workers > 1:
         scorer = None  # checked; each worker or actor builds its own
 
@@ -279,7 +301,7 @@ def score_files(
         return (scorer.score(chunk) for chunk in _batches(paths, batch_size))
 
     paths = expand_inputs(inputs)
-    sink = open_sink(output, resume=resume)
+    sink = open_sink(output, resume=resume, vectors=vectors)
     skipped = sum(1 for p in paths if p in sink.done)
     paths = [p for p in paths if p not in sink.done]
     if on_total:

@@ -14,24 +14,46 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from cnnserve.service.errors import ServeError
-from cnnserve.service.imaging import decode_image, preprocess_uint8
+from cnnserve.service.errors import BadInput, ServeError
 from cnnserve.service.runtime.model import OnnxModel, load_model
 from cnnserve.service.runtime.sessions import SessionConfig, select_providers
 from cnnserve.service.settings import get_settings
-from cnnserve.service.tasks import ImageAnswer, Task, tasks_serving
+from cnnserve.service.tasks import DecodeLimits, ImageAnswer, Inputs, Task, tasks_serving
 
-__all__ = ["Scorer", "ScorerConfig"]
+__all__ = ["Scorer", "ScorerConfig", "scored_tasks"]
 
 
-def _same_shape_groups(tensors: list[np.ndarray]) -> list[list[int]]:
-    """Indices of tensors that can share one batch (models with dynamic input sizes get varied shapes)."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, tensor in enumerate(tensors):
-        groups.setdefault(tensor.shape, []).append(i)
+def _same_shape_groups(inputs: list[Inputs]) -> list[list[int]]:
+    """Indices of requests that can share one batch (models with dynamic input sizes get varied shapes)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, one in enumerate(inputs):
+        key = (one.images.shape, tuple((k, v.shape) for k, v in sorted(one.rows.items())))
+        groups.setdefault(key, []).append(i)
     return list(groups.values())
+
+
+def scored_tasks(model_task: str, names: tuple[str, ...] = ()) -> list[Task]:
+    """The tasks whose answers a record holds: ``names`` (each must serve the model), else every task serving the
+    model that is scored by default (an autoencoder: anomaly and denoise; embeddings only when asked for)."""
+    serving = tasks_serving(model_task)
+    if names:
+        known = {task.name: task for task in serving}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise BadInput(
+                f"task {', '.join(unknown)} does not answer for {model_task} models; "
+                f"choose from {', '.join(known) or 'none'}"
+            )
+        tasks = [known[name] for name in dict.fromkeys(names)]
+    else:
+        tasks = [task for task in serving if task.scored_by_default]
+    if not tasks:
+        raise BadInput(f"no task scores images with a {model_task} model")
+    takes_images = [task for task in tasks if task.files and task.files[0].name == "image"]
+    if len(takes_images) != len(tasks):
+        raise BadInput(f"{', '.join(t.name for t in tasks if t not in takes_images)} takes no image files to score")
+    return tasks
 
 
 def _write_png(data: bytes, files: Path, source: str, kind: str) -> str:
@@ -54,15 +76,15 @@ def _externalise(holder: dict, fields: tuple[str, ...], files: Path, source: str
 
 
 def _record(
-    tasks: list[Task], name: str, model: OnnxModel, outputs: dict, upload: Image.Image, pixels: np.ndarray,
-    options: list, files: Path, source: str,
+    tasks: list[Task], name: str, model: OnnxModel, outputs: dict, inputs: Inputs, options: list, files: Path,
+    source: str,
 ) -> dict:  # fmt: skip
-    """The HTTP answers of every task that serves the model (an autoencoder: its anomaly score and its denoised
-    image), merged into one record, with every image written to a file and referenced by its path."""
+    """The HTTP answers of the scored tasks (an autoencoder: its anomaly score and its denoised image), merged into
+    one record, with every image written to a file and referenced by its path."""
     record: dict = {}
     contract = model.contract
     for task, task_options in zip(tasks, options, strict=True):
-        answer = task.answer(name, contract, outputs, upload, pixels, task_options)
+        answer = task.respond(name, contract, outputs, inputs, task_options)
         if isinstance(answer, ImageAnswer):
             record[task.record_key] = _write_png(answer.png, files, source, task.record_key)
             continue
@@ -86,13 +108,17 @@ class ScorerConfig:
     max_pixels: int = 50_000_000
     processes: int = 1  # scorers running side by side on one machine: each session takes its share of the cores
     threads: int = 0  # onnxruntime intra-op threads per session; 0 = the share above
+    tasks: tuple[str, ...] = ()  # the answers each record holds (task names); () = the model's default ones
+    jpeg_draft: float = 1.0
 
 
 class Scorer:
     """One onnxruntime session and the answer options: a list of image paths → one record per path, in order.
 
     A record is ``{"path", …the HTTP answer…}`` or ``{"path", "error"}`` for a file that cannot be read. Images of
-    one shape share one ``run`` (models with dynamic input sizes get several groups)."""
+    one shape share one ``run`` (models with dynamic input sizes get several groups). The request hooks are the
+    HTTP path's (:meth:`Task.decode`, :meth:`Task.prepare`, :meth:`Task.respond`); the scored tasks of one model
+    share its inputs, so the first task's hooks make them."""
 
     def __init__(self, config: ScorerConfig) -> None:
         import onnxruntime as ort
@@ -107,33 +133,39 @@ class Scorer:
             session_config=session,
         )
         contract = self.model.contract  # a broken model fails here, with the service's message
-        self.tasks = tasks_serving(contract.task)
+        self.tasks = scored_tasks(contract.task, config.tasks)
         fields = {"top_k": config.top_k, "overlay": config.overlay, "heatmap": config.heatmap}
         self.options = [task.parse_options(fields) for task in self.tasks]
         for task, options in zip(self.tasks, self.options, strict=True):
             task.check(contract, options)
         self.files = Path(config.files)
 
+    def vector_lengths(self) -> dict[str, int]:
+        """The scored tasks' vector fields (named as the graph outputs they come from) → their lengths."""
+        outputs = {o.name: o.dims for o in self.model.info.outputs}
+        return {name: outputs[name][-1] for task in self.tasks for name in task.vector_fields}
+
     def score(self, paths: list[str]) -> list[dict]:
-        model, pre = self.model, self.model.contract.preprocess
+        model, contract = self.model, self.model.contract
+        first, limits = self.tasks[0], DecodeLimits(self.config.max_pixels, self.config.jpeg_draft)
         records: dict[str, dict] = {}
-        tensors, uploads, ok = [], [], []
+        inputs: list[Inputs] = []
+        ok: list[str] = []
         for p in paths:
             try:
                 with open(p, "rb") as f:
-                    img = decode_image(f.read(), max_pixels=self.config.max_pixels)
-                tensors.append(preprocess_uint8(img, pre))
-                uploads.append(img)
+                    uploads = first.decode(contract, {"image": f.read()}, limits)
+                inputs.append(first.prepare(contract, uploads, self.options[0]))
                 ok.append(p)
             except (ServeError, OSError) as exc:
                 message = exc.message if isinstance(exc, ServeError) else f"cannot read file: {exc.strerror or exc}"
                 records[p] = {"path": p, "error": message}
-        for indices in _same_shape_groups(tensors):
-            outputs = model.run(np.stack([tensors[i] for i in indices]))
+        for indices in _same_shape_groups(inputs):
+            group = [inputs[i] for i in indices]
+            rows = {name: np.concatenate([one.rows[name] for one in group]) for name in group[0].rows}
+            outputs = model.run(np.concatenate([one.images for one in group]), rows=rows)
             for row, i in enumerate(indices):
-                one = {k: v[row] for k, v in outputs.items()}
-                answer = _record(
-                    self.tasks, self.config.name, model, one, uploads[i], tensors[i], self.options, self.files, ok[i]
-                )
+                one = {k: v[row : row + 1] for k, v in outputs.items()}
+                answer = _record(self.tasks, self.config.name, model, one, inputs[i], self.options, self.files, ok[i])
                 records[ok[i]] = {"path": ok[i], **answer}
         return [records[p] for p in paths]

@@ -17,6 +17,10 @@ from .tasks import Task
 __all__ = ["Catalog"]
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 class Catalog:
     def __init__(self, runners: Mapping[str, Runner] | None = None) -> None:
         self.runners: dict[str, Runner] = dict(runners or {})
@@ -71,7 +75,7 @@ class Catalog:
             raise ModelNotFound(f"model {name!r} is not served here; served models: {known}")
         runner.info.require_ready()
         if runner.info.task not in task.serves:
-            raise BadInput(f"model {name!r} is a {runner.info.task} model; this route needs a {wanted} model")
+            raise BadInput(f"model {name!r} is {_a(runner.info.task)} model; {task.route} needs {_a(wanted)} model")
         return runner
 
     def close(self) -> None:

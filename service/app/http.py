@@ -1,9 +1,10 @@
 """The contract's HTTP routes, as a FastAPI app mounted into the BentoML service — one route per registered task.
 
-Every image endpoint is the same request path (:func:`handle`), given its :class:`~service.tasks.Task`:
+Every endpoint is the same request path (:func:`handle`), given its :class:`~service.tasks.Task`:
 
-    parse the body (requests.py) → the task's typed options → the model (Catalog.pick) → decode and preprocess
-    (work.py: imaging.py in the image pool) → the model's runner (batched) → the task's answer
+    parse the body (requests.py, the task's files) → the task's typed options → the model (Catalog.pick) → decode
+    and preprocess (work.py: imaging.py in the image pool; or the task's own decode and prepare) → the model's runner
+    (batched) → the task's answer
 
 so a new task needs no code here (docs/architecture.md). FastAPI is used for its OpenAPI: BentoML merges a mounted
 FastAPI app's paths into its own ``/docs.json``, and the app serves Swagger UI at ``/docs``; the request body is
@@ -34,13 +35,15 @@ from starlette.staticfiles import StaticFiles
 
 from ... import __version__
 from ..errors import ServeError
-from ..tasks import ImageAnswer, Task, all_tasks
+from ..imaging import open_image
+from ..tasks import DecodeLimits, ImageAnswer, Inputs, Task, all_tasks
+from ..tasks.base import FileField
 from .json_errors import not_found
 from .requests import drain_refused_body, parse_image_request
 from .schemas import ErrorResponse, ModelsResponse, models_response
 from .state import ServiceState, current
 from .v2 import router as v2_router
-from .work import INLINE_RENDER_PIXELS
+from .work import INLINE_RENDER_PIXELS, work_bytes
 
 __all__ = ["routes_app", "handle"]
 
@@ -120,14 +123,21 @@ class _PiecesResponse(Response):
             await send({"type": "http.response.body", "body": piece, "more_body": i < last})
 
 
-def _answer_and_encode(task: Task, name: str, contract: Any, outputs: Any, upload: Any, pixels: Any, options: Any):
-    return _encoded(task.answer(name, contract, outputs, upload, pixels, options), bool(task.png_fields))
+def _respond_and_encode(task: Task, name: str, contract: Any, outputs: Any, inputs: Inputs, options: Any):
+    return _encoded(task.respond(name, contract, outputs, inputs, options), bool(task.png_fields))
+
+
+def _one_image(task: Task) -> bool:
+    """Whether the task's request is one image through the default hooks: then the service's budgeted decode runs
+    it (work.decode); other tasks (an image and a mask, no image at all) run their own decode and prepare."""
+    kind = type(task)
+    return task.files == (FileField("image"),) and kind.decode is Task.decode and kind.prepare is Task.prepare
 
 
 async def _answer(
     service: ServiceState, task: Task, request: Request, seen: dict[str, str], stack: AsyncExitStack
 ) -> Response:
-    """The request path of every image endpoint (``seen["model"]``: the model, once picked). Raises ServeError.
+    """The request path of every endpoint (``seen["model"]``: the model, once picked). Raises ServeError.
     Memory reservations (body, then image work) are held in ``stack`` until the request ends."""
     settings, metrics, work = service.settings, service.metrics, service.work
 
@@ -135,7 +145,7 @@ async def _answer(
         await work.hold(work.bodies, nbytes, stack)
 
     req = await parse_image_request(
-        request, settings.max_upload_bytes, max_json_depth=settings.max_json_depth, hold=hold
+        request, settings.max_upload_bytes, task.files, max_json_depth=settings.max_json_depth, hold=hold
     )
     options = task.parse_options(req.fields)
     runner = service.catalog.pick(task, options.model)
@@ -143,28 +153,46 @@ async def _answer(
     contract = runner.info.require_ready()
     task.check(contract, options)  # before any decoding work
     per_pixel = task.answer_bytes_per_pixel(options)
-    decoded = await work.decode(
-        req.image,
-        contract.preprocess,
-        max_pixels=settings.max_pixels,
-        draft_for=contract.preprocess if task.draft_decode else None,
-        draft_ratio=settings.jpeg_draft,
-        answer_bytes_per_pixel=per_pixel,
-        stack=stack,
-    )
-    del req
-    metrics.observe(name, "decode", decoded.decode_seconds)
-    metrics.observe(name, "preprocess", decoded.preprocess_seconds)
-    with metrics.stage(name, "inference"):
-        batch = await runner.infer(decoded.pixels[None], task.graph_inputs(contract, options))
-    with metrics.stage(name, "postprocess"):
-        outputs = {k: v[0] for k, v in batch.items()}
-        job = (task, name, contract, outputs, decoded.upload, decoded.pixels, options)
-        upload_pixels = decoded.upload.width * decoded.upload.height
-        if per_pixel and upload_pixels > INLINE_RENDER_PIXELS:  # drawing or encoding pictures: off the loop
-            pieces, media_type = await work.run(_answer_and_encode, *job, lease=decoded.lease)
+    lease = None
+    if _one_image(task):
+        decoded = await work.decode(
+            req.image,
+            contract.preprocess,
+            max_pixels=settings.max_pixels,
+            draft_for=contract.preprocess if task.draft_decode else None,
+            draft_ratio=settings.jpeg_draft,
+            answer_bytes_per_pixel=per_pixel,
+            stack=stack,
+        )
+        del req
+        metrics.observe(name, "decode", decoded.decode_seconds)
+        metrics.observe(name, "preprocess", decoded.preprocess_seconds)
+        inputs = Inputs(images=decoded.pixels[None], upload=decoded.upload, pixels=decoded.pixels)
+        lease = decoded.lease
+    else:
+        files, limits = req.files, DecodeLimits(settings.max_pixels, settings.jpeg_draft)
+        del req
+        if files:  # the work's memory from the headers (a 400 for an unreadable file before any is decoded)
+            opened = [open_image(data, max_pixels=settings.max_pixels) for data in files.values()]
+            cost = sum(work_bytes(img, contract.preprocess, per_pixel) for img in opened)
+            del opened
+            lease = await work.hold(work.work, cost, stack)
+            with metrics.stage(name, "decode"):
+                uploads = await work.run(task.decode, contract, files, limits, lease=lease)
+            with metrics.stage(name, "preprocess"):
+                inputs = await work.run(task.prepare, contract, uploads, options, lease=lease)
         else:
-            pieces, media_type = _answer_and_encode(*job)
+            with metrics.stage(name, "preprocess"):
+                inputs = task.prepare(contract, {}, options)
+    with metrics.stage(name, "inference"):
+        batch = await runner.infer(inputs.images, task.graph_inputs(contract, options), inputs.rows)
+    with metrics.stage(name, "postprocess"):
+        job = (task, name, contract, batch, inputs, options)
+        upload_pixels = inputs.upload.width * inputs.upload.height if inputs.upload is not None else 0
+        if per_pixel and upload_pixels > INLINE_RENDER_PIXELS:  # drawing or encoding pictures: off the loop
+            pieces, media_type = await work.run(_respond_and_encode, *job, lease=lease)
+        else:
+            pieces, media_type = _respond_and_encode(*job)
         if len(pieces) == 1:
             return Response(pieces[0], media_type=media_type)
         return _PiecesResponse(pieces, media_type)
@@ -224,18 +252,22 @@ def _field_schema(task: Task) -> dict[str, dict[str, Any]]:
 
 
 def _image_body(task: Task) -> dict[str, Any]:
-    """OpenAPI for a body we parse ourselves: multipart with an `image` file, or JSON with base64 `image`."""
+    """OpenAPI for a body we parse ourselves: multipart with the task's files (``image``; ``mask``), or JSON with
+    them as base64; a task without files takes its fields only."""
     fields = _field_schema(task)
-    properties = {"image": {"type": "string", "format": "binary", "description": "the image file"}, **fields}
-    json_properties = {**properties, "image": {"type": "string", "format": "byte", "description": "base64"}}
+    files = {f.name: {"type": "string", "format": "binary", "description": f.description} for f in task.files}
+    properties = {**files, **fields}
+    json_properties = {
+        **properties,
+        **{f.name: {"type": "string", "format": "byte", "description": f"{f.description}, base64"} for f in task.files},
+    }
+    required = [f.name for f in task.files if f.required]
     return {
         "requestBody": {
-            "required": True,
+            "required": bool(required),
             "content": {
-                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": properties}},
-                "application/json": {
-                    "schema": {"type": "object", "required": ["image"], "properties": json_properties}
-                },
+                "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": properties}},
+                "application/json": {"schema": {"type": "object", "required": required, "properties": json_properties}},
             },
         }
     }

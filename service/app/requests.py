@@ -34,8 +34,10 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from ..errors import BadInput, PayloadTooLarge, ServeError
+from ..tasks import FileField
 
 __all__ = [
+    "IMAGE_ONLY",
     "ImageRequest",
     "MAX_INT_DIGITS",
     "body_cost",
@@ -53,15 +55,20 @@ __all__ = [
 
 MAX_INT_DIGITS = 64  # an integer in a JSON body longer than this is refused (Python's own limit is 4,300 digits)
 _MULTIPART_SLACK = 65536  # form boundaries, headers and small fields around the image
+IMAGE_ONLY = (FileField("image"),)
 
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """The image bytes and the other fields of one request, however they were sent: strings from a form or the
-    query, JSON values from a JSON body (the task's options type them)."""
+    """The files and the other fields of one request, however they were sent: strings from a form or the query,
+    JSON values from a JSON body (the task's options type them)."""
 
-    image: bytes
+    files: dict[str, bytes]
     fields: dict[str, Any]
+
+    @property
+    def image(self) -> bytes:
+        return self.files.get("image", b"")
 
 
 # --- bodies -----------------------------------------------------------------------------------------------------
@@ -209,7 +216,7 @@ def parse_json(data: bytes, *, max_depth: int, what: str = "the JSON body") -> A
 _B64_CHUNK = 4 * 2**20  # characters decoded between two yields to the event loop (a multiple of 4)
 
 
-async def decode_base64(text: str, limit: int) -> bytes:
+async def decode_base64(text: str, limit: int, name: str = "image") -> bytes:
     """Base64 (or a ``data:`` URL) → bytes, at most ``limit`` of them. Whitespace and line breaks are allowed
     (what ``base64`` prints without ``-w0``); decoded in pieces, yielding to the event loop between them."""
     text = text.strip()
@@ -218,9 +225,9 @@ async def decode_base64(text: str, limit: int) -> bytes:
     if any(c in text for c in " \t\r\n"):
         text = "".join(text.split())
     if len(text) * 3 // 4 > limit:
-        raise PayloadTooLarge(f"the image is over the upload limit of {megabytes(limit)}")
+        raise PayloadTooLarge(f"the {name} is over the upload limit of {megabytes(limit)}")
     if len(text) % 4:
-        raise BadInput("in a JSON body, `image` must be the image file encoded as base64 (its length is not whole)")
+        raise BadInput(f"in a JSON body, `{name}` must be the image file encoded as base64 (its length is not whole)")
     pieces = []
     try:
         for start in range(0, len(text), _B64_CHUNK):
@@ -228,7 +235,7 @@ async def decode_base64(text: str, limit: int) -> bytes:
             if start + _B64_CHUNK < len(text):
                 await asyncio.sleep(0)
     except (binascii.Error, ValueError):
-        raise BadInput("in a JSON body, `image` must be the image file encoded as base64") from None
+        raise BadInput(f"in a JSON body, `{name}` must be the image file encoded as base64") from None
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
@@ -245,7 +252,9 @@ def _form_parts(form: FormData, files: tuple[str, ...]) -> tuple[dict[str, Uploa
                 raise BadInput(f"`{key}` must be a file upload (-F {key}=@photo.jpg), not a text field")
             found[key] = value
         elif isinstance(value, UploadFile):
-            raise BadInput(f"`{key}` must be a form field, not a file")
+            raise BadInput(
+                f"`{key}` must be a form field, not a file" + ("" if files else "; this endpoint takes none")
+            )
         else:
             fields[key] = value
     return found, fields
@@ -255,12 +264,18 @@ Hold = Callable[[int], Awaitable[object]]  # reserve this many bytes of body mem
 
 
 async def parse_image_request(
-    request: Request, limit: int, *, max_json_depth: int = 32, hold: Hold | None = None
+    request: Request,
+    limit: int,
+    files: tuple[FileField, ...] = IMAGE_ONLY,
+    *,
+    max_json_depth: int = 32,
+    hold: Hold | None = None,
 ) -> ImageRequest:
-    """multipart / JSON / raw body → :class:`ImageRequest`; :class:`ServeError` for anything malformed.
+    """multipart / JSON / raw body → :class:`ImageRequest` with the task's ``files``; :class:`ServeError` for
+    anything malformed (a missing required file, a file where a field belongs, a field where a file belongs).
 
-    ``limit`` is the image's; the body may be larger by room for the form's other parts (and a JSON body by
-    base64's third). ``hold`` reserves the memory the body will cost (:func:`body_cost`) before it is read."""
+    ``limit`` is the files' (together); the body may be larger by room for the form's other parts (and a JSON body
+    by base64's third). ``hold`` reserves the memory the body will cost (:func:`body_cost`) before it is read."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     is_json = content_type == "application/json"
     body_limit = (limit * 4 // 3 if is_json else limit) + _MULTIPART_SLACK  # base64 is a third longer
@@ -270,36 +285,63 @@ async def parse_image_request(
         await hold(body_cost(request, body_limit, 3.0 if is_json else 1.0))
     request = counted(request, body_limit, "upload", shown)
     fields: dict[str, Any] = dict(request.query_params.items())
-    if content_type == "multipart/form-data":
+    wanted = tuple(f.name for f in files)
+    data: dict[str, bytes] = {}
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form(max_files=4, max_fields=32, max_part_size=1024 * 1024)
         except ServeError:
             raise
         except Exception as exc:  # python-multipart / starlette raise several types for broken bodies
-            raise BadInput(f"the multipart body could not be parsed ({exc})") from None
+            raise BadInput(f"the {content_type.partition('/')[2]} body could not be parsed ({exc})") from None
         try:
-            files, form_fields = _form_parts(form, ("image",))
+            parts, form_fields = _form_parts(form, wanted)
             fields.update(form_fields)
-            if "image" not in files:
-                raise BadInput("the form has no `image` file field; send it as -F image=@photo.jpg")
-            data = await files["image"].read()
+            for name, part in parts.items():
+                data[name] = await part.read()
         finally:
             await form.close()
-    elif content_type == "application/json":
+    elif is_json:
         body = parse_json(await request.body(), max_depth=max_json_depth)
-        if not isinstance(body, dict) or "image" not in body:
-            raise BadInput('a JSON body must be an object with "image" (base64) and optional fields')
-        if not isinstance(body["image"], str):
-            raise BadInput("in a JSON body, `image` must be a base64 string")
-        data = await decode_base64(body.pop("image"), limit)
-        fields.update({k: v for k, v in body.items() if v is not None})
+        if not isinstance(body, dict):
+            raise BadInput(f"a JSON body must be an object with {_json_shape(files)}")
+        for name in wanted:
+            if body.get(name) is not None:
+                if not isinstance(body[name], str):
+                    raise BadInput(f"in a JSON body, `{name}` must be a base64 string")
+                data[name] = await decode_base64(body.pop(name), limit, name)
+        fields.update({k: v for k, v in body.items() if v is not None and k not in wanted})
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
-        data = await request.body()
+        if not files:
+            raise BadInput("this endpoint takes no image; send its fields as JSON, a form or query parameters")
+        data[files[0].name] = await request.body()
+    elif not any(f.required for f in files) and not await request.body():
+        pass  # nothing but query parameters (POST /generate?count=4)
     else:
         raise BadInput(
-            f"unsupported content type {content_type or '(none)'!r}; send multipart/form-data with an `image` file, "
-            "JSON with a base64 `image`, or the raw image bytes with an image/* content type"
+            f"unsupported content type {content_type or '(none)'!r}; send multipart/form-data with "
+            f"{_form_shape(files)}, JSON with {_json_shape(files)}"
+            + (", or the raw image bytes with an image/* content type" if files else ", or query parameters")
         )
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the upload is {megabytes(len(data))}, over the {shown}")
+    for f in files:
+        if f.required and f.name not in data:
+            if is_json:
+                raise BadInput(f"a JSON body must be an object with {_json_shape(files)}")
+            raise BadInput(f"the form has no `{f.name}` file field; send it as -F {f.name}=@photo.jpg")
+    total = sum(len(v) for v in data.values())
+    if total > limit:
+        raise PayloadTooLarge(f"the upload is {megabytes(total)}, over the {shown}")
     return ImageRequest(data, fields)
+
+
+def _form_shape(files: tuple[FileField, ...]) -> str:
+    names = [f"`{f.name}`" for f in files if f.required]
+    return f"the {' and '.join(names)} file{'s' if len(names) > 1 else ''}" if names else "its fields"
+
+
+def _json_shape(files: tuple[FileField, ...]) -> str:
+    required = [f'"{f.name}" (base64)' for f in files if f.required]
+    optional = [f'"{f.name}"' for f in files if not f.required]
+    parts = [", ".join(required)] if required else []
+    parts.append("optional fields" + (f" ({', '.join(optional)} among them)" if optional else ""))
+    return " and ".join(parts)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib
 
-from .base import ImageAnswer, Outputs, Task, TaskOptions
+from .base import DecodeLimits, FileField, ImageAnswer, Inputs, Outputs, Task, TaskOptions
 
 __all__ = [
+    "DecodeLimits",
+    "FileField",
     "ImageAnswer",
+    "Inputs",
     "Outputs",
     "Task",
     "TaskOptions",
@@ -24,7 +27,7 @@ __all__ = [
 
 _REGISTRY: dict[str, Task] = {}
 # The task modules, in the order the page and /docs list them; each registers its class on import.
-_TASK_MODULES = ("classify", "detect", "segment", "denoise", "anomaly")
+_TASK_MODULES = ("classify", "detect", "segment", "denoise", "anomaly", "embed", "inpaint", "generate")
 _loaded = False
 
 
