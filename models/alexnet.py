@@ -59,8 +59,17 @@ class AlexNet(nn.Module):
         x = self.features(x)  # (N, 256, H', W'); 6×6 at 224×224
         return torch.flatten(self.avgpool(x), 1)  # (N, 9216)
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features → logits, or with ``pre_logits`` fc7's activations, the penultimate
+        representation (an image's embedding)."""
+        x = self.classifier[:-1](x)  # (N, 4096): fc6 → fc7
+        return x if pre_logits else self.classifier[-1](x)  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[-1]  # fc8
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))  # (N, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (N, num_classes) logits
 
 
 def _spec(name: str) -> ModelSpec:

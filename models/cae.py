@@ -7,6 +7,11 @@ numbers per image); the decoder mirrors it with ``DecoderBlock`` stages (a 2×2 
 that doubles the resolution, then 3×3 convolution → BatchNorm → ReLU) and a 3×3 output convolution with a sigmoid,
 so the reconstruction is in [0, 1] like the input pixels.
 
+The inpainting variant (``cae_inpaint``; the task of Pathak et al. 2016, "Context Encoders: Feature Learning by
+Inpainting") is the same network with a wider bottleneck that sees two channels, the image with its hole blanked
+and the hole's mask, and reconstructs the whole image; the exported graph keeps the known pixels and takes the
+reconstruction only inside the hole.
+
 The bottleneck is what makes it an anomaly detector: it is too narrow to copy an image, so the network can only
 reconstruct what looks like its training data, and the reconstruction error of anything else is large. Trained
 on noisy inputs against clean targets, the same network is a denoiser. The input size is fixed by the linear
@@ -20,7 +25,7 @@ import torch.nn as nn
 
 from .registry import ModelSpec, register_model
 
-__all__ = ["EncoderBlock", "DecoderBlock", "ConvAutoencoder", "cae"]
+__all__ = ["EncoderBlock", "DecoderBlock", "ConvAutoencoder", "cae", "cae_inpaint"]
 
 
 class EncoderBlock(nn.Module):
@@ -69,6 +74,7 @@ class ConvAutoencoder(nn.Module):
         channels: tuple[int, ...] = (16, 32, 64),
         latent_dim: int = 8,
         input_size: tuple[int, int] = (32, 32),
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         if not channels:
@@ -86,7 +92,7 @@ class ConvAutoencoder(nn.Module):
         decoder_in = channels[::-1]
         decoder_out = (*channels[::-1][1:], channels[0])
         self.decoder = nn.Sequential(*(DecoderBlock(i, o) for i, o in zip(decoder_in, decoder_out, strict=True)))
-        self.output = nn.Conv2d(channels[0], in_channels, kernel_size=3, padding=1)
+        self.output = nn.Conv2d(channels[0], out_channels or in_channels, kernel_size=3, padding=1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = self.encoder(x)  # (N, C_last, H/2^S, W/2^S)
@@ -95,7 +101,7 @@ class ConvAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.from_latent(z).view(-1, *self.feature_shape)  # (N, C_last, H/2^S, W/2^S)
         x = self.decoder(x)  # (N, C_0, H, W)
-        return torch.sigmoid(self.output(x))  # (N, in_channels, H, W) in [0, 1]
+        return torch.sigmoid(self.output(x))  # (N, out_channels, H, W) in [0, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -124,3 +130,30 @@ def cae(
     input_size: tuple[int, int] = (32, 32),
 ) -> ConvAutoencoder:
     return ConvAutoencoder(in_channels=in_channels, channels=channels, latent_dim=latent_dim, input_size=input_size)
+
+
+@register_model(
+    ModelSpec(
+        name="cae_inpaint",
+        task="inpainting",
+        family="cae",
+        input_size=(32, 32),
+        in_channels=1,  # the image's; the network also sees the hole's mask as a second channel
+        mean=(0.0,),
+        std=(1.0,),
+        num_classes=0,
+        labels=None,
+        description="Inpainting convolutional autoencoder, 32×32 grey + hole mask, 32-number bottleneck "
+        "(demo: digits 0–9 with random holes)",
+    )
+)
+def cae_inpaint(
+    *,
+    channels: tuple[int, ...] = (16, 32, 64),
+    latent_dim: int = 32,
+    input_size: tuple[int, int] = (32, 32),
+) -> ConvAutoencoder:
+    """(image with the hole blanked, mask) → the whole image: 2 channels in, 1 out."""
+    return ConvAutoencoder(
+        in_channels=2, out_channels=1, channels=channels, latent_dim=latent_dim, input_size=input_size
+    )

@@ -169,8 +169,16 @@ class DenseNet(nn.Module):
         x = F.relu(self.features(x), inplace=True)  # (N, C, H/32, W/32), C = 1024 for DenseNet-121
         return torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)  # (N, C)
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features → logits; with ``pre_logits`` the pooled features themselves, the penultimate
+        representation (an image's embedding)."""
+        return x if pre_logits else self.classifier(x)  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))  # (N, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (N, num_classes) logits
 
 
 # name → (growth rate k, layers per block, stem width, torchvision weights member); one builder reads a row.

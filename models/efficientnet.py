@@ -239,8 +239,16 @@ class EfficientNet(nn.Module):
         x = self.features(x)  # (N, 4·C_last, H/32, W/32); 1280×7×7 for B0 at 224
         return torch.flatten(self.avgpool(x), 1)  # (N, 4·C_last)
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features → logits; with ``pre_logits`` the pooled features themselves, the penultimate
+        representation (an image's embedding)."""
+        return x if pre_logits else self.classifier(x)  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))  # (N, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (N, num_classes) logits
 
 
 class Scaling(NamedTuple):

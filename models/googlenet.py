@@ -183,10 +183,18 @@ class GoogLeNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._trunk(x, with_aux=False)[0]  # (N, 1024)
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features → logits; with ``pre_logits`` the pooled features themselves, the penultimate
+        representation (an image's embedding)."""
+        return x if pre_logits else self.fc(self.dropout(x))  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
         with_aux = self.training and self.aux_logits
         features, aux2, aux1 = self._trunk(x, with_aux)
-        logits = self.fc(self.dropout(features))  # (N, num_classes)
+        logits = self.forward_head(features)  # (N, num_classes)
         if with_aux and aux1 is not None and aux2 is not None:
             return GoogLeNetOutputs(logits, aux2, aux1)
         return logits

@@ -39,8 +39,17 @@ class LeNet5(nn.Module):
         x = self.act(self.c5(x))  # (N, 120, 1, 1)
         return torch.flatten(x, 1)  # (N, 120)
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """C5's features → logits, or with ``pre_logits`` F6's activations, the penultimate representation
+        (an image's embedding)."""
+        x = self.act(self.f6(x))  # (N, 84)
+        return x if pre_logits else self.output(x)  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.output
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.act(self.f6(self.forward_features(x))))  # (N, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (N, num_classes) logits
 
 
 @register_model(

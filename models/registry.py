@@ -35,6 +35,8 @@ TASKS = (
     "semantic_segmentation",
     "instance_segmentation",
     "autoencoder",
+    "inpainting",
+    "generation",
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,6 +75,8 @@ class ModelSpec:
     torchvision_weights: str | None = None
     # Builder keyword arguments needed to reproduce the published torchvision weights' behaviour.
     torchvision_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Generators: numbers of standard normal noise per generated image (the graph's input).
+    noise_dim: int | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -115,6 +119,7 @@ _FAMILY_MODULES = (
     "vit",
     "unet",
     "cae",
+    "vae",
     "yolo",
     "rcnn",
 )

@@ -129,8 +129,16 @@ class ResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, 512·e, H/32, W/32)
         return torch.flatten(self.avgpool(x), 1)  # (N, 512·e)
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features → logits; with ``pre_logits`` the pooled features themselves, the penultimate
+        representation (an image's embedding)."""
+        return x if pre_logits else self.fc(x)  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.forward_features(x))  # (N, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (N, num_classes) logits
 
 
 # name → (block, stage depths, torchvision weights enum member). Variants are data; one builder reads a row.

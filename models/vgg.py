@@ -111,8 +111,17 @@ class VGG(nn.Module):
         x = self.features(x)  # (N, 512, H/32, W/32)
         return torch.flatten(self.avgpool(x), 1)  # (N, 512·7·7)
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features → logits, or with ``pre_logits`` fc7's activations, the penultimate
+        representation (an image's embedding)."""
+        x = self.classifier[:-1](x)  # (N, 4096): fc6 → fc7
+        return x if pre_logits else self.classifier[-1](x)  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[-1]  # fc8
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))  # (N, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (N, num_classes) logits
 
 
 # name → (configuration, batch norm, torchvision weights enum member). Variants are data, read by `_vgg`.

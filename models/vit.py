@@ -222,8 +222,17 @@ class VisionTransformer(nn.Module):
         x = self.encoder(torch.cat([cls, x], dim=1))  # (N, S, D)
         return x[:, 0]  # (N, D): the class token's final state
 
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """The class token → logits; with ``pre_logits`` the class token (through the pre-training head's tanh
+        layer when there is one), the penultimate representation (an image's embedding)."""
+        x = self.heads[:-1](x)  # (N, D) or (N, representation_size)
+        return x if pre_logits else self.heads.head(x)  # (N, num_classes) logits
+
+    def get_classifier(self) -> nn.Module:
+        return self.heads.head
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.forward_features(x))  # (N, num_classes) logits
+        return self.forward_head(self.forward_features(x))  # (N, num_classes) logits
 
 
 class _Size(NamedTuple):
