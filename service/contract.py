@@ -5,29 +5,49 @@
 they open the file (:meth:`ModelContract.from_metadata`) and read typed fields from then on — never a dict.
 
 The metadata keys stay those of the contract in the README (``cnnserve.spec`` with the model's spec as JSON,
-``cnnserve.parity``, ``cnnserve.precision``, ``cnnserve.quality``, ``cnnserve.threshold``), so files exported before
-this module existed load unchanged, and any other runtime can read them with ``json.loads``. Torch-free: export
-imports this module, the service never imports export.
+``cnnserve.parity``, ``cnnserve.precision``, ``cnnserve.quality``, ``cnnserve.threshold``, and since the embedding
+and generation tasks ``cnnserve.evaluation`` and ``cnnserve.gallery``), so files exported before this module existed
+load unchanged, and any other runtime can read them with ``json.loads``. Torch-free: export imports this module, the
+service never imports export.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ServeError
 from .imaging import Preprocess
 
-__all__ = ["ContractError", "ModelContract", "Quality", "TensorInfo", "SPEC_KEY", "MODEL_TASKS"]
+__all__ = [
+    "ContractError",
+    "Evaluation",
+    "Gallery",
+    "ModelContract",
+    "Quality",
+    "TensorInfo",
+    "SPEC_KEY",
+    "MODEL_TASKS",
+]
 
 SPEC_KEY = "cnnserve.spec"
 # What an exported network computes (the file's ``task``); the service's tasks (service.tasks) answer requests for
 # one or more of these.
-MODEL_TASKS = ("classification", "detection", "semantic_segmentation", "instance_segmentation", "autoencoder")
+MODEL_TASKS = (
+    "classification",
+    "detection",
+    "semantic_segmentation",
+    "instance_segmentation",
+    "autoencoder",
+    "inpainting",
+    "generation",
+)
 
 
 class ContractError(ServeError):
@@ -62,6 +82,61 @@ class Quality(BaseModel):
     variant: float
     drop: float
     data: str
+
+
+class Evaluation(BaseModel):
+    """A figure the file itself reaches on held-out data, measured through onnxruntime when it was exported (the
+    CAE's k-NN accuracy on its embeddings, the inpainter's PSNR gain in the hole); ``goal`` is the figure it must
+    reach, where there is one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    value: float
+    data: str
+    goal: float | None = None
+
+
+def _b64_array(text: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+
+
+class Gallery(BaseModel):
+    """A reference set the file carries for ``/embed``: the embeddings of a demo's held-out images (the digits test
+    split), their labels and small thumbnails, and their places on a 2-D map, so the service answers nearest
+    neighbours and draws the map without the data set. Arrays are little-endian base64 (embeddings float16, the
+    map float32, thumbnails uint8), so the metadata stays small."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: str = Field(description="what the images are, e.g. 'digits test split (450)'")
+    count: int
+    dim: int
+    labels: tuple[str, ...]
+    embeddings: str  # base64 float16 [count, dim], L2-normalised rows
+    map_method: str = Field(description="how the embeddings were reduced to 2-D, and how an upload is placed")
+    map: str  # base64 float32 [count, 2]
+    thumbnail_size: tuple[int, int] | None = None  # (H, W)
+    thumbnails: str | None = None  # base64 uint8 [count, H, W], grey
+
+    @cached_property
+    def vectors(self) -> np.ndarray:
+        return _b64_array(self.embeddings, "float16", (self.count, self.dim)).astype(np.float32)
+
+    @cached_property
+    def points(self) -> np.ndarray:
+        return _b64_array(self.map, "float32", (self.count, 2)).astype(np.float32)
+
+    @cached_property
+    def images(self) -> np.ndarray | None:
+        if self.thumbnails is None or self.thumbnail_size is None:
+            return None
+        return _b64_array(self.thumbnails, "uint8", (self.count, *self.thumbnail_size))
+
+    @staticmethod
+    def encode(array: np.ndarray, dtype: str) -> str:
+        """An array → the little-endian base64 text the fields above hold."""
+        return base64.b64encode(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
 
 
 class ModelContract(BaseModel):
@@ -99,12 +174,23 @@ class ModelContract(BaseModel):
         default_factory=dict, description="scalar graph inputs (detection thresholds) with their defaults"
     )
     threshold: float | None = Field(None, description="autoencoders: the calibrated anomaly threshold")
+    inputs: tuple[str, ...] = Field(
+        (), description="the graph's per-row inputs as exported (images; + mask for inpainting; latent for generators)"
+    )
+    outputs: tuple[str, ...] = Field(
+        (), description="the graph's outputs as exported (empty for files exported before they were listed)"
+    )
+    noise_dim: int | None = Field(
+        None, description="generators: numbers of N(0, I) noise per image (the graph's `noise`)"
+    )
+    gallery: Gallery | None = Field(None, description="embedding models: the reference set for neighbours and map")
 
     # --- provenance and measured quality -------------------------------------------------------------------------
     weights: str = "unknown"
     precision: str = "fp32"
     parity: float | None = Field(None, description="max |ONNX − PyTorch| measured at export")
     quality: Quality | None = None
+    evaluation: tuple[Evaluation, ...] = Field((), description="held-out figures measured on this file at export")
     torchvision: str | None = None
     torchvision_weights: str | None = None
 
@@ -146,20 +232,25 @@ class ModelContract(BaseModel):
             for key in ("parity", "precision", "threshold"):
                 if f"cnnserve.{key}" in metadata:
                     fields[key] = metadata[f"cnnserve.{key}"]
-            if metadata.get("cnnserve.quality"):
-                fields["quality"] = json.loads(metadata["cnnserve.quality"])
+            for key in ("quality", "evaluation", "gallery"):
+                if metadata.get(f"cnnserve.{key}"):
+                    fields[key] = json.loads(metadata[f"cnnserve.{key}"])
             return cls.model_validate(fields)
         except (ValueError, ValidationError) as exc:
             raise ContractError(f"the file's cnnserve metadata does not parse: {exc}") from None
 
     def to_metadata(self) -> dict[str, str]:
         """The ``metadata_props`` that carry this contract (the inverse of :meth:`from_metadata`)."""
-        spec = self.model_dump(mode="json", exclude={"parity", "quality", "threshold"})
+        spec = self.model_dump(mode="json", exclude={"parity", "quality", "threshold", "evaluation", "gallery"})
         props = {SPEC_KEY: json.dumps(spec), "cnnserve.precision": self.precision}
         if self.parity is not None:
             props["cnnserve.parity"] = f"{self.parity:.6g}"
         if self.quality is not None:
             props["cnnserve.quality"] = json.dumps(self.quality.model_dump(mode="json"))
+        if self.evaluation:
+            props["cnnserve.evaluation"] = json.dumps([e.model_dump(mode="json") for e in self.evaluation])
+        if self.gallery is not None:
+            props["cnnserve.gallery"] = json.dumps(self.gallery.model_dump(mode="json"))
         if self.threshold is not None:
             props["cnnserve.threshold"] = repr(float(self.threshold))
         return props

@@ -11,7 +11,7 @@ from ..runtime.model import ModelInfo
 from ..runtime.policy import BatchPolicy
 from ..tasks import all_tasks
 
-__all__ = ["Endpoint", "ErrorResponse", "ModelStatus", "ModelsResponse", "models_response"]
+__all__ = ["Endpoint", "EndpointFile", "ErrorResponse", "ModelStatus", "ModelsResponse", "models_response"]
 
 
 class ModelStatus(BaseModel):
@@ -31,6 +31,14 @@ class ModelStatus(BaseModel):
         "(metric, fp32, variant, drop, data)",
         examples=[{"metric": "accuracy", "fp32": 0.9844, "variant": 0.9844, "drop": 0.0, "data": "digits (450)"}],
     )
+    evaluation: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="demo files: figures the file itself reaches on held-out data, measured at export "
+        "(metric, value, data, goal)",
+        examples=[[{"metric": "knn_accuracy", "value": 0.96, "data": "digits test split (450)", "goal": 0.95}]],
+    )
+    gallery: str | None = Field(None, description="/embed: the reference set for neighbours and the map, if any")
+    outputs: list[str] = Field(default_factory=list, description="the graph's outputs as exported")
     batching: BatchPolicy | None = None
     routes: list[str] = Field(default_factory=list, description="the endpoints that answer with this model")
 
@@ -49,9 +57,17 @@ class ModelStatus(BaseModel):
             parity=contract.parity if contract else None,
             quality=contract.quality.model_dump() if contract and contract.quality else None,
             labels=len(contract.labels) if contract and contract.labels else None,
+            evaluation=[e.model_dump() for e in contract.evaluation] if contract else [],
+            gallery=contract.gallery.data if contract and contract.gallery else None,
+            outputs=list(contract.outputs) if contract else [],
             batching=info.batching,
             routes=[task.route for task in all_tasks() if info.task in task.serves],
         )
+
+
+class EndpointFile(BaseModel):
+    name: str
+    required: bool
 
 
 class Endpoint(BaseModel):
@@ -63,11 +79,12 @@ class Endpoint(BaseModel):
         description="the model that answers a request naming none: the default set's model of this endpoint when "
         "it is served, else the first served model of its tasks (CNNSERVE_MODELS order, else by name)",
     )
+    files: list[EndpointFile] = Field(default_factory=list, description="the files a request carries")
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelStatus]
-    endpoints: list[Endpoint] = Field(default_factory=list, description="every image endpoint, from the registry")
+    endpoints: list[Endpoint] = Field(default_factory=list, description="every endpoint, from the registry")
 
 
 class ErrorResponse(BaseModel):
@@ -78,7 +95,13 @@ def models_response(catalog: Catalog) -> ModelsResponse:
     return ModelsResponse(
         models=[ModelStatus.of(info) for info in catalog],
         endpoints=[
-            Endpoint(route=t.route, title=t.title, tasks=list(t.serves), default_model=catalog.default_model(t))
+            Endpoint(
+                route=t.route,
+                title=t.title,
+                tasks=list(t.serves),
+                default_model=catalog.default_model(t),
+                files=[EndpointFile(name=f.name, required=f.required) for f in t.files],
+            )
             for t in all_tasks()
         ],
     )
