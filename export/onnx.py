@@ -36,14 +36,18 @@ def export_onnx(
     dynamic_hw: bool = False,
     custom_translation_table: dict[Any, Any] | None = None,
 ) -> Path:
-    """Export ``module(images, *extra)`` with a dynamic batch dimension (and optionally dynamic H, W).
+    """Export ``module(images, *rows, *extra)`` with a dynamic batch dimension (and optionally dynamic H, W).
 
-    Only the first input (the images) has dynamic dimensions; extra inputs are 0-d scalars (thresholds).
+    Every input with dimensions (the images, and further per-row inputs such as an inpainting mask) shares the one
+    dynamic batch; only the first may have dynamic H and W; 0-d inputs are scalars (thresholds).
     """
-    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)}
-    if dynamic_hw:
-        dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
-    dynamic_shapes = (dims, *([None] * (len(inputs) - 1)))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic_shapes = []
+    for i, tensor in enumerate(inputs):
+        dims: dict[int, Any] | None = {0: batch} if tensor.dim() > 0 else None
+        if dims is not None and i == 0 and dynamic_hw:
+            dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+        dynamic_shapes.append(dims)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)
@@ -54,7 +58,7 @@ def export_onnx(
             opset_version=OPSET,
             input_names=list(input_names),
             output_names=list(output_names),
-            dynamic_shapes=dynamic_shapes,
+            dynamic_shapes=tuple(dynamic_shapes),
             custom_translation_table=custom_translation_table,
             verbose=False,
         )

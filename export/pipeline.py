@@ -3,7 +3,9 @@
 One function, :func:`export_model`, so the CLI, ``make serve`` (the default set) and the tests export the same
 way. A precision variant (fp16, int8) or the uint8-input variant is made from the checked fp32 file
 (:mod:`export.precision`) and its quality is measured against that file (:mod:`export.quality`) before it is
-saved; the fp32 graph's parity with PyTorch stays the file's ``cnnserve.parity``.
+saved; the fp32 graph's parity with PyTorch stays the file's ``cnnserve.parity``. A demo's file also gets its own
+held-out figures and, for embedding models, its reference gallery (:mod:`export.evaluation`), measured on the file
+that is saved.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 from cnnserve.models import ModelSpec
-from cnnserve.service.contract import ModelContract, Quality
+from cnnserve.service.contract import Evaluation, ModelContract, Quality
 
 from cnnserve import models
 
@@ -45,6 +47,8 @@ DEFAULT_EXPORTS: tuple[tuple[str, str], ...] = (
     ("yolov1_shapes", "demo"),
     ("cae", "demo"),
     ("unet", "demo"),
+    ("cae_inpaint", "demo"),
+    ("cvae", "demo"),
 )
 
 
@@ -63,6 +67,7 @@ class ExportResult:
     precision: str = "fp32"
     input_dtype: str = "float32"
     quality: dict[str, object] | None = None  # the variant vs its fp32 file (export.quality.Quality), None for fp32
+    evaluation: tuple[Evaluation, ...] = ()  # the file's own held-out figures (demo weights)
 
 
 def store_tag(name: str, precision: str, input_dtype: str = "float32") -> str:
@@ -129,13 +134,20 @@ def export_model(
         size = int(overrides["image_size"])  # type: ignore[arg-type]
         spec = dataclasses.replace(spec, input_size=(size, size))
 
+    task = export_for(spec)
+    if precision not in task.precisions or (input_dtype == "uint8" and not task.uint8_input):
+        allowed = ", ".join(task.precisions) + (" and uint8 input" if task.uint8_input else "; float32 input only")
+        raise ExportError(f"{name} ({spec.task}) is exported in {allowed}")
     torch.manual_seed(seed)  # "random" weights are reproducible
     model = models.build_model(name, **overrides).eval()
     spec, source, carried = _load_weights(model, spec, weights)
-    task = export_for(spec)
     wrapped = task.wrapper(model, spec).eval()
 
-    images = parity_batch(spec.in_channels, spec.input_size, batch=2, seed=seed)
+    if task.example is not None:  # per-row graph inputs other than the images alone (a mask, latent codes)
+        examples = task.example(spec, seed)
+    else:
+        examples = {INPUT_NAME: parity_batch(spec.in_channels, spec.input_size, batch=2, seed=seed)}
+    rows = tuple(examples.values())
     extra = tuple(torch.tensor(value, dtype=torch.float32) for value in task.extra_inputs.values())
     tolerance = task.parity_tolerance if task.parity_tolerance is not None else PARITY_TOLERANCE
     variant = precision != "fp32" or input_dtype != "float32"
@@ -144,14 +156,14 @@ def export_model(
         fp32_path = Path(tmp) / "fp32" / "model.onnx" if variant else path  # a variant is made from this file
         export_onnx(
             wrapped,
-            (images, *extra),
+            (*rows, *extra),
             fp32_path,
-            input_names=(INPUT_NAME, *task.extra_inputs),
+            input_names=(*examples, *task.extra_inputs),
             output_names=task.outputs,
             dynamic_hw=task.dynamic_hw,
             custom_translation_table=task.onnx_translations,
         )
-        parity = measure_parity(wrapped, fp32_path, (images, *extra), task.parity_metric)
+        parity = measure_parity(wrapped, fp32_path, (*rows, *extra), task.parity_metric)
         if not parity <= tolerance:
             raise ExportError(
                 f"{name}: ONNX output differs from PyTorch by {parity:.3g} (> {tolerance}); file not saved"
@@ -165,6 +177,8 @@ def export_model(
             dynamic_hw=task.dynamic_hw,
             size_multiple=task.size_multiple,
             extra_inputs=task.extra_inputs,  # scalar graph inputs (thresholds) with their defaults
+            inputs=tuple(examples),
+            outputs=task.outputs,
             parity=parity,
         )
         quality = None
@@ -176,6 +190,13 @@ def export_model(
             contract = contract.model_copy(update={"quality": Quality.model_validate(measured.to_json_dict())})
             quality = measured.to_json_dict()
             logger.debug("%s %s/%s quality: %s", name, precision, input_dtype, quality)
+        from .evaluation import evaluate_file
+
+        evaluation, gallery = evaluate_file(contract, path)
+        if evaluation or gallery is not None:
+            contract = contract.model_copy(update={"evaluation": evaluation, "gallery": gallery})
+            for figure in evaluation:
+                logger.debug("%s %s: %.4g on %s", name, figure.metric, figure.value, figure.data)
         pixels = "uint8 0-255" if input_dtype == "uint8" else "float32 [0, 1]"
         write_metadata(
             path,
@@ -202,7 +223,9 @@ def export_model(
             )
         seconds = time.perf_counter() - start
         logger.debug("exported %s (%s) parity=%.3g in %.1fs -> %s", name, source, parity, seconds, saved_tag or path)
-        return ExportResult(name, saved_tag, output, parity, source, seconds, precision, input_dtype, quality)
+        return ExportResult(
+            name, saved_tag, output, parity, source, seconds, precision, input_dtype, quality, evaluation
+        )
 
 
 def _make_variant(

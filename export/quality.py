@@ -209,7 +209,7 @@ def _digits_accuracy(contract: ModelContract) -> tuple[str, str, Callable[[Path]
     images = _digits(split.test_images, contract.preprocess)
 
     def accuracy(path: Path) -> float:
-        (probs,) = run_onnx(_session(path), images)
+        probs = run_onnx(_session(path), images)[0]  # probabilities (then the embedding)
         return float((np.concatenate(probs).argmax(1) == split.test_labels).mean())
 
     return "accuracy", f"digits test split ({len(images)})", accuracy
@@ -280,12 +280,38 @@ def _cae_auroc(contract: ModelContract) -> tuple[str, str, Callable[[Path], floa
     return "auroc", f"digits 8/9 vs test 0-7 ({len(anomalies)} + {len(normal)})", auroc
 
 
+def _inpaint_psnr(contract: ModelContract) -> tuple[str, str, Callable[[Path], float]]:
+    from cnnserve.export.demos.inpaint_digits import HOLE_SHARE, evaluate_filling
+
+    def psnr(path: Path) -> float:
+        session = _session(path)
+        names = [i.name for i in session.get_inputs()]
+        return evaluate_filling(lambda x, m: session.run(None, dict(zip(names, (x, m), strict=True)))[0])[
+            "hole_psnr_db"
+        ]
+
+    return "hole_psnr_db", f"digits test split (450), holes over {HOLE_SHARE:.0%} of each digit", psnr
+
+
+def _generation_judge(contract: ModelContract) -> tuple[str, str, Callable[[Path], float]]:
+    from cnnserve.export.demos.vae_digits import CONFIDENT, JUDGE_SAMPLES, draw_samples, judge_samples
+
+    def confident(path: Path) -> float:
+        session = _session(path)
+        samples = draw_samples(lambda noise: session.run(None, {"noise": noise})[0], int(contract.noise_dim))
+        return judge_samples(samples)["confident_share"]
+
+    return f"judge_confident_share_p{CONFIDENT:g}", f"{JUDGE_SAMPLES} samples judged by the LeNet-5 demo", confident
+
+
 # (demo data set, task) → (metric name, data description, metric of an ONNX file), higher is better.
 DEMO_METRICS: dict[tuple[str, str], Callable[[ModelContract], tuple[str, str, Callable[[Path], float]]]] = {
     ("sklearn-digits", "classification"): _digits_accuracy,
     ("synthetic-shapes", "semantic_segmentation"): _unet_miou,
     ("synthetic-shapes", "detection"): _yolo_map,
     ("sklearn-digits-0to7", "autoencoder"): _cae_auroc,
+    ("sklearn-digits", "inpainting"): _inpaint_psnr,
+    ("sklearn-digits", "generation"): _generation_judge,
 }
 
 

@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from cnnserve.models import ModelSpec
 
 __all__ = [
     "Normalize",
     "ClassifierExport",
+    "l2_normalize",
     "TaskExport",
     "register_task",
     "export_for",
@@ -40,16 +42,28 @@ class Normalize(nn.Module):
         return (images - self.mean) / self.std
 
 
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (the ``embedding`` outputs): cosine similarity becomes a dot product."""
+    return F.normalize(x, p=2.0, dim=1, eps=1e-12)
+
+
 class ClassifierExport(nn.Module):
-    """images [N, C, H, W] in [0, 1] → probabilities [N, K] (normalise → network → softmax)."""
+    """images [N, C, H, W] in [0, 1] → (probabilities [N, K], embedding [N, D]).
+
+    One pass: normalise → the network's features → its penultimate representation (``forward_head(...,
+    pre_logits=True)``: pooled features, ViT's class token, AlexNet/VGG's fc7, LeNet's F6) → the last layer →
+    softmax. ``embedding`` is that penultimate representation, L2-normalised."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
         super().__init__()
         self.normalize = Normalize(spec.mean, spec.std)
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(self.normalize(images)), dim=1)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(self.normalize(images))
+        penultimate = self.model.forward_head(features, pre_logits=True)  # (N, D)
+        logits = self.model.get_classifier()(penultimate)  # (N, K)
+        return torch.softmax(logits, dim=1), l2_normalize(penultimate)
 
 
 @dataclass(frozen=True)
@@ -58,9 +72,13 @@ class TaskExport:
 
     ``wrapper(model, spec)`` is an ``nn.Module`` whose ``forward(images, *extra)`` takes the images and then one
     0-d float32 tensor per entry of ``extra_inputs`` (name → default value, e.g. ``score_threshold``), and returns
-    the tensors named by ``outputs`` in that order. ``dynamic_hw`` makes H and W dynamic in the graph (the model
-    must accept any size that is a multiple of ``size_multiple``). ``parity_tolerance`` overrides the exporter's
-    default where the task's contract asks for less (or tolerates more, e.g. integer outputs).
+    the tensors named by ``outputs`` in that order. A task whose graph takes other per-row inputs (an inpainting
+    ``mask``, a generator's ``latent`` instead of images) names them with an example batch in ``example``
+    (``example(spec, seed)`` → name → tensor with 2 rows); they come first, in that order, before the scalars.
+    ``dynamic_hw`` makes H and W of the first input dynamic (the model must accept any size that is a multiple of
+    ``size_multiple``). ``parity_tolerance`` overrides the exporter's default where the task's contract asks for
+    less (or tolerates more, e.g. integer outputs). ``precisions`` and ``uint8_input`` say which variants make sense
+    (int8 calibration and a uint8 input need image inputs).
     """
 
     wrapper: Callable[[nn.Module, ModelSpec], nn.Module]
@@ -74,6 +92,9 @@ class TaskExport:
     parity_metric: Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float] | None = None
     # Custom op translations for torch.onnx.export(custom_translation_table=...), e.g. an NMS op.
     onnx_translations: dict[Any, Any] | None = None
+    example: Callable[[ModelSpec, int], dict[str, torch.Tensor]] | None = None  # None: the images alone
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    uint8_input: bool = True
 
 
 _TASKS: dict[str, TaskExport] = {}
@@ -86,7 +107,7 @@ def register_task(key: str, export: TaskExport) -> None:
     _TASKS[key] = export
 
 
-register_task("classification", TaskExport(ClassifierExport, ("probabilities",)))
+register_task("classification", TaskExport(ClassifierExport, ("probabilities", "embedding")))
 
 
 def export_for(spec: ModelSpec) -> TaskExport:

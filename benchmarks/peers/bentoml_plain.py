@@ -43,7 +43,7 @@ class Plain:
         img = img.crop((left, top, left + 224, top + 224))
         arr = np.asarray(img).transpose(2, 0, 1)[None]
         feed = arr if self.uint8 else arr.astype(np.float32) / 255.0
-        (probs,) = self.session.run(None, {self.input.name: np.ascontiguousarray(feed)})
+        (probs,) = self.session.run(["probabilities"], {self.input.name: np.ascontiguousarray(feed)})
         top = np.argsort(-probs[0])[:5]
         return {
             "predictions": [
