@@ -38,10 +38,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def model_store() -> dict[str, str]:
-    """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE, U-Net), LeNet-5's
-    uint8-input variant (what a Triton client's own pre-processing feeds: tests/test_triton_clients.py) and a
-    seeded random ResNet-18, plus a deliberately broken entry (a truncated ONNX file) to prove that one bad model
-    does not stop the others."""
+    """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE, U-Net, the
+    inpainting CAE, the VAE), LeNet-5's uint8-input variant (what a Triton client's own pre-processing feeds:
+    tests/test_triton_clients.py) and a seeded random ResNet-18, plus a deliberately broken entry (a truncated ONNX
+    file) to prove that one bad model does not stop the others, and a LeNet-5 whose contract is that of a file
+    exported before `/embed` (no list of outputs)."""
     from cnnserve.export import export_model
     from cnnserve.export.store import save_to_store
 
@@ -52,12 +53,15 @@ def model_store() -> dict[str, str]:
         "yolov1_shapes": export_model("yolov1_shapes", weights="demo").tag,
         "cae": export_model("cae", weights="demo").tag,
         "unet": export_model("unet", weights="demo").tag,
+        "cae_inpaint": export_model("cae_inpaint", weights="demo").tag,
+        "cvae": export_model("cvae", weights="demo").tag,
     }
     broken = _SESSION_DIR / "broken" / "model.onnx"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"\x08\x07\x12\x04this is not a complete onnx model")
     tags["broken"] = save_to_store(broken, name="broken", task="classification", metadata={"model": "broken"})
     tags["xss_labels"] = _relabelled(tags["lenet5"], "xss_labels", [XSS_LABEL.replace("1", str(d)) for d in range(10)])
+    tags["lenet5_before_embed"] = _respecced(tags["lenet5"], "lenet5_before_embed", drop=("outputs",))
     return tags
 
 
@@ -66,6 +70,11 @@ XSS_LABEL = "<img src=x onerror=alert(1)>"  # the label of class 1 of `xss_label
 
 def _relabelled(tag: str, name: str, labels: list[str]) -> str:
     """A copy of a stored model under another name whose metadata carries other labels."""
+    return _respecced(tag, name, labels=labels)
+
+
+def _respecced(tag: str, name: str, *, drop: tuple[str, ...] = (), **changes: object) -> str:
+    """A copy of a stored model under another name whose ``cnnserve.spec`` has ``changes`` and lacks ``drop``."""
     import json
 
     import bentoml
@@ -75,7 +84,8 @@ def _relabelled(tag: str, name: str, labels: list[str]) -> str:
     entry = bentoml.models.get(tag)
     model = onnx.load(entry.path_of(entry.info.metadata["onnx_file"]))
     spec = next(p for p in model.metadata_props if p.key == "cnnserve.spec")
-    spec.value = json.dumps({**json.loads(spec.value), "labels": labels})
+    fields = {k: v for k, v in json.loads(spec.value).items() if k not in drop}
+    spec.value = json.dumps({**fields, **changes})
     path = _SESSION_DIR / name / "model.onnx"
     path.parent.mkdir(parents=True)
     onnx.save(model, path)
@@ -170,7 +180,8 @@ def server(model_store: dict[str, str]) -> Iterator[Server]:
     classifier whose labels are HTML (for the page's tests)."""
     srv = start_server(
         {
-            "CNNSERVE_MODELS": "lenet5,lenet5-u8,resnet18,yolov1_shapes,cae,unet,broken,not-exported,xss_labels",
+            "CNNSERVE_MODELS": "lenet5,lenet5-u8,resnet18,yolov1_shapes,cae,unet,broken,not-exported,xss_labels,"
+            "cae_inpaint,cvae,lenet5_before_embed",
             "CNNSERVE_MAX_UPLOAD_MB": "2",
             "CNNSERVE_HEADER_TIMEOUT_S": "3",  # tests/test_reliability.py: slow-header clients
         },

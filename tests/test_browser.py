@@ -28,6 +28,7 @@ from cnnserve.export.demos.digits import digit_png, digits_split
 from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -329,6 +330,79 @@ def test_anomaly_is_marked_against_the_threshold(page, server, shots) -> None:
     assert f"{expected['threshold']:.3g}" in page.find_element(By.CSS_SELECTOR, "#view .summary").text
     assert len(page.find_elements(By.CSS_SELECTOR, "#view figure img")) == 2  # the input and its error heat map
     shots(page, "anomaly")
+
+
+def test_embed_places_the_digit_on_the_map_among_its_neighbours(page, server, shots) -> None:
+    choose(page, "embed", "cae_inpaint")
+    assert sample(page, "digit.png") == "done"
+    data = (SAMPLES / "digit.png").read_bytes()
+    expected = post(server, "embed", data, model="cae_inpaint", neighbors="8", map="true").json()
+    canvas = page.find_element(By.ID, "embed-map")
+    assert canvas.get_attribute("data-points") == "450"
+    assert float(canvas.get_attribute("data-x")) == pytest.approx(expected["map"]["x"])
+    assert float(canvas.get_attribute("data-y")) == pytest.approx(expected["map"]["y"])
+    listed = page.find_elements(By.CSS_SELECTOR, "#neighbors-list li")
+    assert [li.get_attribute("data-index") for li in listed] == [str(n["index"]) for n in expected["neighbors"]]
+    assert texts(page, "#neighbors-list li .label")[:3] == ["2", "2", "2"]
+    assert page.find_element(By.ID, "embedding-summary").text.startswith(f"{expected['dim']} numbers, L2-normalised")
+    assert "-F neighbors=8 -F map=true" in page.find_element(By.ID, "curl").text
+    assert console_errors(page) == []
+    shots(page, "embed")
+
+
+def test_inpaint_fills_a_hole_painted_with_the_mouse(page, server, shots) -> None:
+    choose(page, "inpaint", "cae_inpaint")
+    page.find_element(By.CSS_SELECTOR, "button[data-sample='digit.png']").send_keys(Keys.ENTER)
+    canvas = WebDriverWait(page, 30).until(lambda d: d.find_element(By.ID, "mask-canvas"))
+    assert canvas.get_attribute("data-painted") == "false"  # nothing sent yet: the page asks for a hole first
+    assert "Paint over the part" in page.find_element(By.ID, "status").text
+    stroke = ActionChains(page).move_to_element_with_offset(canvas, -70, -30).click_and_hold()
+    stroke.move_by_offset(140, 0).move_by_offset(0, 40).release().perform()
+    assert canvas.get_attribute("data-painted") == "true"
+    before = seq(page)
+    page.find_element(By.ID, "run").click()
+    assert answer(page, before) == "done"
+    filled = page.find_element(By.ID, "inpainted")
+    assert page.execute_script("return [arguments[0].complete, arguments[0].naturalWidth]", filled) == [True, 8]
+    command = page.find_element(By.ID, "curl").text
+    assert "-F image=@digit.png -F mask=@mask.png" in command and "-o inpainted.png" in command
+    assert console_errors(page) == []
+    shots(page, "inpaint")
+
+
+def test_generate_shows_a_grid_and_new_seed_draws_another(page, server, shots) -> None:
+    before = seq(page)
+    choose(page, "generate", "cvae")  # no image needed: choosing the endpoint asks at once
+    assert answer(page, before) == "done"
+    assert not page.find_element(By.ID, "image-input").is_displayed()
+    grid = page.find_element(By.ID, "generated-grid")
+    assert page.find_element(By.ID, "seed").get_attribute("value") == grid.get_attribute("data-seed")
+
+    seed = page.find_element(By.ID, "seed")
+    seed.clear()
+    before = seq(page)
+    seed.send_keys("7", Keys.TAB)
+    assert answer(page, before) == "done"
+    grid = page.find_element(By.ID, "generated-grid")
+    assert grid.get_attribute("data-seed") == "7" and grid.get_attribute("data-count") == "16"
+    expected = requests.post(f"{server.url}/generate", json={"count": 16, "seed": 7, "model": "cvae"}, timeout=30)
+    want = np.asarray(Image.open(io.BytesIO(base64.b64decode(expected.json()["grid"]))), dtype=np.int64)
+    drawn = page.execute_script(
+        "const img = arguments[0]; const c = document.createElement('canvas');"
+        "c.width = img.naturalWidth; c.height = img.naturalHeight; const ctx = c.getContext('2d');"
+        "ctx.drawImage(img, 0, 0); const d = ctx.getImageData(0, 0, c.width, c.height).data;"
+        "let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return [c.width, c.height, s];",
+        grid,
+    )
+    assert drawn == [want.shape[1], want.shape[0], int(want.sum())]  # the very images the service answers
+    shots(page, "generate")
+
+    before = seq(page)
+    page.find_element(By.ID, "new-seed").click()
+    assert answer(page, before) == "done"
+    new_seed = page.find_element(By.ID, "generated-grid").get_attribute("data-seed")
+    assert new_seed != "7" and page.find_element(By.ID, "seed").get_attribute("value") == new_seed
+    assert console_errors(page) == []
 
 
 def test_service_errors_are_shown_as_messages(page, digits, shots, tmp_path) -> None:

@@ -130,6 +130,52 @@ def test_score_answer_equals_the_http_answer(model_store: dict[str, str], server
     )
 
 
+def test_score_embeddings_go_to_parquet_as_one_fixed_size_list_column(
+    model_store: dict[str, str], digit_folder: tuple[Path, dict[str, int]], server, tmp_path: Path
+) -> None:
+    """`--task embed`: what a vector store loads — a float32 fixed-size list column, one row per image, null for a
+    file that cannot be read; the same vectors as `/embed`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder, _ = digit_folder
+    out = tmp_path / "vectors.parquet"
+    result = run("score", "--model", "cae", "--task", "embed", str(folder), "--output", str(out), "--batch-size", "16")
+    assert "scored 40, failed 1" in result.stdout
+    table = pq.read_table(out)
+    dim = len(requests.post(f"{server.url}/embed", files={"image": digit_png(digits_split().test_images[0])}).json()[
+        "embedding"
+    ])  # fmt: skip
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), dim)
+    rows = {row["path"]: row for row in table.to_pylist()}
+    assert len(rows) == 41 and rows[str(folder / "broken.png")]["embedding"] is None
+    path = next(p for p in rows if p.endswith("d000.png"))
+    http = requests.post(
+        f"{server.url}/embed", files={"image": Path(path).read_bytes()}, data={"model": "cae"}, timeout=30
+    ).json()
+    np.testing.assert_allclose(rows[path]["embedding"], http["embedding"], atol=1e-6)
+    assert "embedding" not in json.loads(rows[path]["answer"])  # the vector is its own column, not in the JSON
+    # JSONL: the same answer as one field
+    lines = tmp_path / "vectors.jsonl"
+    run("score", "--model", "cae", "--task", "embed", path, "--output", str(lines))
+    (line,) = [json.loads(x) for x in lines.read_text().splitlines()]
+    assert line["dim"] == dim and np.allclose(line["embedding"], http["embedding"], atol=1e-6)
+    assert "reconstruction" not in line and "score" not in line  # only the task asked for
+
+
+def test_score_default_tasks_and_a_task_that_does_not_fit(model_store: dict[str, str], tmp_path: Path) -> None:
+    image = tmp_path / "d.png"
+    image.write_bytes(digit_png(digits_split().test_images[0]))
+    out = tmp_path / "o.jsonl"
+    run("score", "--model", "lenet5", str(image), "--output", str(out))
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert "predictions" in line and "embedding" not in line  # embeddings only when asked for
+    wrong = run("score", "--model", "lenet5", "--task", "denoise", str(image), "--output", str(out), check=False)
+    assert wrong.returncode == 2 and "does not answer for classification models" in wrong.stderr
+    none = run("score", "--model", "cvae", str(image), "--output", str(out), check=False)
+    assert none.returncode == 2 and "takes no image files to score" in none.stderr
+
+
 def test_score_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
     result = run("score", "--model", "nonexistent", str(tmp_path), "--output", str(tmp_path / "o.jsonl"), check=False)
     assert result.returncode == 2 and "not in the model store" in result.stderr

@@ -45,12 +45,14 @@ def test_export_has_dynamic_batch_metadata_and_parity(name: str, tmp_path: Path)
     (inp,) = session.get_inputs()
     assert inp.name == "images" and inp.type == "tensor(float)"
     assert isinstance(inp.shape[0], str), "batch dimension must be dynamic"
-    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "embedding"]
+    assert recorded["outputs"] == ["probabilities", "embedding"]
     for batch in (1, 3):
         x = np.random.default_rng(batch).random((batch, spec.in_channels, *spec.input_size), dtype=np.float32)
-        (probs,) = session.run(None, {"images": x})
+        probs, embedding = session.run(None, {"images": x})
         assert probs.shape == (batch, spec.num_classes)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+        assert embedding.shape[0] == batch and embedding.dtype == np.float32
 
 
 def test_normalisation_and_softmax_are_in_the_graph(tmp_path: Path) -> None:
@@ -66,7 +68,7 @@ def test_normalisation_and_softmax_are_in_the_graph(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = torch.softmax(model((x - mean) / std), dim=1).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"images": x.numpy()})
+    (got,) = session.run(["probabilities"], {"images": x.numpy()})
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 

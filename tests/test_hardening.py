@@ -217,8 +217,8 @@ def test_generated_requests_never_get_a_5xx_and_match_the_schema(server) -> None
     pytest 9 yet, so the operations are driven through hypothesis directly.)"""
     _run_schemathesis(
         server,
-        r"^/(classify|detect|segment|denoise|anomaly|models)$",
-        {"/classify", "/detect", "/segment", "/denoise", "/anomaly", "/models"},
+        r"^/(classify|detect|segment|denoise|anomaly|embed|inpaint|generate|models)$",
+        {"/classify", "/detect", "/segment", "/denoise", "/anomaly", "/embed", "/inpaint", "/generate", "/models"},
         examples=40,
     )
 

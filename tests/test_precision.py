@@ -93,7 +93,7 @@ def test_lenet5_int8_accuracy_measured_independently(tmp_path: Path) -> None:
     from cnnserve.export.demos.digits import digit_image
 
     images = np.stack([preprocess(digit_image(d), pre) for d in split.test_images])
-    (probs,) = _session(path).run(None, {"images": images})
+    (probs,) = _session(path).run(["probabilities"], {"images": images})
     accuracy = float((probs.argmax(1) == split.test_labels).mean())
     assert accuracy == pytest.approx(result.quality["variant"], abs=1e-6)
     assert accuracy >= 0.97
@@ -199,7 +199,7 @@ def test_imagenet_classifier_keeps_top5_and_logit_direction(precision: str, tmp_
     assert quality["metric"] == "top5_overlap" and quality["data"].startswith("skimage.data photos")
     # The fp32 file is not flat on these photos: its top class is confident compared with uniform 1/1000.
     images = photo_images(read_contract(fp32).preprocess)
-    (probs,) = _session(fp32).run(None, {"images": images})
+    (probs,) = _session(fp32).run(["probabilities"], {"images": images})
     assert 10 / 1000 < float(probs.max(1).mean()) < 0.99
     if precision == "fp16":
         assert quality["max_abs_probability_delta"] <= 1e-2

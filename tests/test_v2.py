@@ -113,7 +113,10 @@ def test_model_metadata(triton: Triton) -> None:
     meta = triton.metadata("resnet18")
     assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
-    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]}]
+    assert meta["outputs"] == [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]},
+        {"name": "embedding", "datatype": "FP32", "shape": [-1, 512]},  # /embed's vector, a graph output
+    ]
     with pytest.raises(InferenceServerException, match="unknown model"):
         triton.metadata("nope")
 

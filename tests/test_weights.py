@@ -41,7 +41,7 @@ def isolated_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (probabilities,) = session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})
+    (probabilities,) = session.run(["probabilities"], {session.get_inputs()[0].name: images.astype(np.float32)})
     return probabilities
 
 

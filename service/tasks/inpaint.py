@@ -3,8 +3,10 @@
 The hole is a second image, ``mask`` (white = fill, black = keep; grey from 50 % up counts as white; transparency
 counts as black), or, without one, the upload's own alpha channel (transparent = fill). The mask must have the
 upload's size. The model sees the image and the hole at its input size (the graph blanks the hole, fills it from
-what is around, and keeps the known pixels); the answer keeps every pixel of the upload outside the hole exactly as
-sent and takes the model's filling, resized to the upload, inside it.
+what is around, and keeps the known pixels); what the upload has under the hole never reaches the model (it is
+replaced by the mean of the known pixels before resizing, so a mask and a transparent hole give the same answer).
+The answer keeps every pixel of the upload outside the hole exactly as sent and takes the model's filling, resized
+to the upload, inside it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ def model_mask(hole: np.ndarray, pre: Preprocess) -> np.ndarray:
     return (mask if mask.any() else resized > 0).astype(np.float32)  # a hole smaller than a model pixel still counts
 
 
+def _without_hole(upload: Image.Image, hole: np.ndarray, channels: int) -> Image.Image:
+    """The upload as the model sees it (grey or RGB) with the hole's pixels set to the mean of the others: nothing
+    under the hole leaks into its border when the image is resized."""
+    arr = np.asarray(to_model_mode(upload, channels)).copy()
+    arr[hole] = np.rint(arr[~hole].mean(axis=0)).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
 def _filled(upload: Image.Image, inpainted: np.ndarray, hole: np.ndarray) -> Image.Image:
     """The upload outside the hole, the model's filling (at the upload's size) inside it."""
     filling = denoised_image(inpainted, upload)
@@ -105,7 +115,7 @@ class InpaintTask(Task):
     def prepare(self, contract: ModelContract, uploads: Mapping[str, Image.Image], options: TaskOptions) -> Inputs:
         upload = uploads["image"]
         hole = hole_mask(upload, uploads.get("mask"))
-        pixels = preprocess_uint8(upload, contract.preprocess)
+        pixels = preprocess_uint8(_without_hole(upload, hole, contract.in_channels), contract.preprocess)
         mask = model_mask(hole, contract.preprocess)
         return Inputs(images=pixels[None], rows={"mask": mask[None]}, upload=upload, pixels=pixels, context=hole)
 
