@@ -1,20 +1,25 @@
 // The page to try every model: pick an image, pick an endpoint and a model, see the answer drawn on the image.
 //
 // It talks only to the contract's routes on its own origin: GET /models (the models, and the endpoints from the
-// service's task registry) and the image endpoints it lists, with the same multipart requests the README's curl
-// commands send, and shows that curl command.
+// service's task registry, with the files each takes) and the endpoints it lists, with the same multipart
+// requests the README's curl commands send, and shows that curl command. /inpaint gets a mask painted with the
+// mouse here; /generate takes no image at all.
 // Every piece of text that comes from the service (model names, labels, errors) goes into the page with
 // textContent or canvas fillText, never as HTML: a label may be any string.
 
-// Filled from GET /models: { path, title, tasks } per image endpoint of the service's task registry.
+// Filled from GET /models: { path, title, tasks, files } per endpoint of the service's task registry.
 let ENDPOINTS = [];
 const TASK_TITLES = {
   classification: "Classification",
   detection: "Detection",
   semantic_segmentation: "Semantic segmentation",
   instance_segmentation: "Instance segmentation",
-  autoencoder: "Autoencoder (denoising, anomaly)",
+  autoencoder: "Autoencoder (denoising, anomaly, embedding)",
+  inpainting: "Inpainting",
+  generation: "Generation",
 };
+// Answers that are images (PNG bytes), not JSON: the file name the curl command writes them to.
+const IMAGE_ANSWERS = new Map([["denoise", "denoised.png"], ["inpaint", "inpainted.png"]]);
 // Class colours: the service's own palette for the first classes (service/codecs.py), then golden-angle hues.
 const PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]];
 const STATUS_WORDS = {
@@ -26,7 +31,7 @@ const STATUS_WORDS = {
 };
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], image: null, seq: 0, objectUrls: [] };
+const state = { models: [], image: null, seq: 0, objectUrls: [], mask: null };
 
 // ---------- small DOM helpers (text only) ----------
 
@@ -92,6 +97,7 @@ async function loadModels() {
   state.models = body.models;
   ENDPOINTS = (body.endpoints || []).map((e) => ({
     path: e.route.replace(/^\//, ""), title: e.title, tasks: e.tasks, defaultModel: e.default_model,
+    files: e.files || [{ name: "image", required: true }],
   }));
   renderModelTables();
   renderEndpoints();
@@ -128,6 +134,7 @@ function renderModelTables() {
 }
 
 const modelsFor = (endpoint) => state.models.filter((m) => endpoint.tasks.includes(m.task));
+const takesImage = (endpoint) => endpoint.files.some((f) => f.name === "image");
 const currentEndpoint = () =>
   ENDPOINTS.find((e) => e.path === document.querySelector('input[name="endpoint"]:checked')?.value);
 
@@ -177,6 +184,7 @@ function renderModelSelect() {
   select.value = names.includes(previous) ? previous : preferred || names[0] || "";
   select.disabled = names.length === 0;
   for (const field of document.querySelectorAll("[data-for]")) field.hidden = field.dataset.for !== endpoint?.path;
+  $("image-input").hidden = endpoint ? !takesImage(endpoint) : false;
   updateRunButton();
 }
 
@@ -190,6 +198,7 @@ async function setImage(blob, name) {
     bitmap = null; // the browser cannot show it; the service still gets it and says what it thinks
   }
   state.image = { blob, name: name || "image", bitmap };
+  state.mask = null; // a painted hole belongs to the image it was painted on
   const size = blob.size < 1024 ? `${blob.size} bytes` : `${formatNumber(Math.round(blob.size / 1024))} kB`;
   $("image-name").textContent = bitmap
     ? `${state.image.name} — ${bitmap.width}×${bitmap.height}, ${size}`
@@ -237,7 +246,8 @@ async function addNoise() {
 }
 
 function updateRunButton() {
-  $("run").disabled = !state.image || !$("model").value;
+  const endpoint = currentEndpoint();
+  $("run").disabled = !$("model").value || (!state.image && (!endpoint || takesImage(endpoint)));
 }
 
 // ---------- requests ----------
@@ -246,10 +256,11 @@ function shellQuote(text) {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`;
 }
 
-function curlCommand(endpoint, fields, filename) {
-  const parts = ["curl", "-F", shellQuote(`image=@${filename}`)];
+function curlCommand(endpoint, fields, files) {
+  const parts = ["curl"];
+  for (const [key, filename] of files) parts.push("-F", shellQuote(`${key}=@${filename}`));
   for (const [key, value] of fields) parts.push("-F", shellQuote(`${key}=${value}`));
-  if (endpoint.path === "denoise") parts.push("-o", "denoised.png");
+  if (IMAGE_ANSWERS.has(endpoint.path)) parts.push("-o", IMAGE_ANSWERS.get(endpoint.path));
   parts.push(shellQuote(new URL(endpoint.path, location.href).href));
   return parts.join(" ");
 }
@@ -279,15 +290,48 @@ function showError(message) {
   setState("error");
 }
 
+// The fields each endpoint sends besides the model (what its curl command shows too).
+function fieldsFor(endpoint, model) {
+  const info = state.models.find((m) => m.name === model);
+  const fields = [];
+  if (endpoint.path === "classify") fields.push(["top_k", String(Math.max(1, Number($("top-k").value) || 5))]);
+  if (endpoint.path === "anomaly") fields.push(["heatmap", "true"]);
+  if (endpoint.path === "embed" && info?.gallery) {
+    fields.push(["neighbors", String(Math.min(50, Math.max(1, Number($("neighbor-count").value) || 8)))], ["map", "true"]);
+  }
+  if (endpoint.path === "generate") {
+    fields.push(["count", String(Math.min(64, Math.max(1, Number($("count").value) || 16)))]);
+    if ($("seed").value !== "") fields.push(["seed", String(Math.max(0, Math.floor(Number($("seed").value))))]);
+  }
+  return fields;
+}
+
 async function run() {
   const endpoint = currentEndpoint();
   const model = $("model").value;
-  if (!state.image || !endpoint || !model) return;
-  const fields = [["model", model]];
-  if (endpoint.path === "classify") fields.push(["top_k", String(Math.max(1, Number($("top-k").value) || 5))]);
-  if (endpoint.path === "anomaly") fields.push(["heatmap", "true"]);
+  if (!endpoint || !model || (takesImage(endpoint) && !state.image)) return;
+  if (endpoint.path === "inpaint" && !state.mask?.painted && !(await hasTransparency())) {
+    state.seq += 1; // a newer view: an answer still on its way must not replace it
+    for (const url of state.objectUrls.splice(0)) URL.revokeObjectURL(url);
+    renderMaskEditor(null);
+    $("error").hidden = true;
+    $("request-info").hidden = true;
+    $("raw").hidden = true;
+    $("status").textContent = "Paint over the part of the image to fill (hold the mouse button), then press Run.";
+    setState("idle");
+    return;
+  }
+  const fields = [["model", model], ...fieldsFor(endpoint, model)];
   const form = new FormData();
-  form.append("image", state.image.blob, state.image.name);
+  const files = [];
+  if (takesImage(endpoint)) {
+    form.append("image", state.image.blob, state.image.name);
+    files.push(["image", state.image.name]);
+  }
+  if (endpoint.path === "inpaint" && state.mask?.painted) {
+    form.append("mask", await maskBlob(), "mask.png");
+    files.push(["mask", "mask.png"]);
+  }
   for (const [key, value] of fields) form.append(key, value);
 
   const seq = ++state.seq;
@@ -295,7 +339,8 @@ async function run() {
   result.dataset.seq = String(seq);
   result.dataset.endpoint = endpoint.path;
   setState("busy");
-  $("status").textContent = `Sending ${state.image.name} to /${endpoint.path} (${model})…`;
+  $("status").textContent = state.image && takesImage(endpoint)
+    ? `Sending ${state.image.name} to /${endpoint.path} (${model})…` : `Asking /${endpoint.path} (${model})…`;
   $("error").hidden = true;
 
   const start = performance.now();
@@ -303,7 +348,7 @@ async function run() {
   let body;
   try {
     response = await fetch(endpoint.path, { method: "POST", body: form });
-    body = response.ok && endpoint.path === "denoise" ? await response.blob() : await response.text();
+    body = response.ok && IMAGE_ANSWERS.has(endpoint.path) ? await response.blob() : await response.text();
   } catch (err) {
     if (seq === state.seq) showError(`Could not reach the service (${err.message}). Is it still running?`);
     return;
@@ -313,18 +358,19 @@ async function run() {
 
   for (const url of state.objectUrls.splice(0)) URL.revokeObjectURL(url);
   $("latency").textContent = `${latency.toFixed(0)} ms (HTTP ${response.status}, measured in the browser)`;
-  $("curl").textContent = curlCommand(endpoint, fields, state.image.name);
+  $("curl").textContent = curlCommand(endpoint, fields, files);
   $("request-info").hidden = false;
   $("copy-curl").textContent = "Copy";
 
   if (!response.ok) {
     $("view").replaceChildren();
     $("raw").hidden = true;
+    if (endpoint.path === "inpaint") renderMaskEditor(null); // the hole can be painted again
     showError(errorMessage(response.status, body));
     return;
   }
   let answer = null;
-  if (endpoint.path !== "denoise") {
+  if (!IMAGE_ANSWERS.has(endpoint.path)) {
     answer = JSON.parse(body);
     $("raw-json").textContent = JSON.stringify(answer, (key, value) =>
       typeof value === "string" && value.length > 120 ? `${value.slice(0, 24)}… (${formatNumber(value.length)} characters of base64)` : value, 2);
@@ -332,7 +378,8 @@ async function run() {
   $("raw").hidden = answer === null;
   try {
     const render = { classify: renderClassify, detect: renderDetect, segment: renderSegment,
-      denoise: renderDenoise, anomaly: renderAnomaly }[endpoint.path];
+      denoise: renderDenoise, anomaly: renderAnomaly, embed: renderEmbed, inpaint: renderMaskEditor,
+      generate: renderGenerate }[endpoint.path];
     await render(answer ?? body);
   } catch (err) {
     showError(`The answer could not be drawn: ${err.message}`);
@@ -569,6 +616,192 @@ function renderAnomaly(answer) {
       + `the threshold ${answer.threshold.toPrecision(3)} (${ratio.toFixed(2)}× the threshold)` }));
 }
 
+// ---------- /embed: the vector, its nearest gallery images, its place on the gallery's map ----------
+
+function renderEmbed(answer) {
+  const { canvas, draw } = imageCanvas(state.image.bitmap?.width || 1, state.image.bitmap?.height || 1, 160, 160);
+  canvas.setAttribute("aria-label", "the image sent");
+  draw(canvas.getContext("2d"));
+  const head = answer.embedding.slice(0, 6).map((v) => v.toFixed(3)).join(", ");
+  const summary = el("p", { id: "embedding-summary", className: "summary",
+    text: `${answer.dim} numbers, L2-normalised: [${head}${answer.dim > 6 ? ", …" : ""}]` });
+  const parts = [el("div", { className: "side-by-side" }, figure("input", canvas), summary)];
+  if (!answer.map && !answer.neighbors) {
+    parts.push(el("p", { className: "hint", text: "This model carries no reference gallery: the digits demo models "
+      + "(cae_inpaint, cae, lenet5) also answer nearest neighbours and a map." }));
+  }
+  const labels = [...new Set((answer.map?.points || []).map((p) => p.label))].sort();
+  const colourOf = (label) => css(colour(labels.indexOf(label) + 1));
+  const columns = [];
+  if (answer.map) columns.push(embeddingMap(answer.map, labels, colourOf));
+  if (answer.neighbors) {
+    const list = el("ol", { className: "neighbors", id: "neighbors-list" }, ...answer.neighbors.map((n) => {
+      const thumb = n.image ? el("img", { src: objectUrl(b64Blob(n.image)), alt: `gallery image ${n.index}`, className: "pixelated" }) : null;
+      return el("li", { dataset: { label: n.label, distance: String(n.distance), index: String(n.index) } },
+        thumb, el("span", { className: "label", text: n.label }),
+        el("span", { className: "score", text: n.distance.toFixed(3) }));
+    }));
+    columns.push(el("div", { className: "neighbors-box" },
+      el("h3", { text: `Nearest ${answer.neighbors.length} in the ${answer.gallery}` }),
+      el("p", { className: "hint", text: "label · distance between the unit vectors" }), list));
+  }
+  if (columns.length) parts.push(el("div", { className: "side-by-side" }, ...columns));
+  $("view").replaceChildren(...parts);
+}
+
+function embeddingMap(map, labels, colourOf) {
+  const size = 380;
+  const canvas = el("canvas", { width: size, height: size, id: "embed-map", role: "img",
+    "aria-label": `the gallery's ${map.points.length} images on a 2-D map, coloured by label, with the image sent` });
+  const ctx = canvas.getContext("2d");
+  const at = (v) => ((v + 1.08) / 2.16) * size; // the map is scaled into [-1, 1]
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, size, size);
+  for (const p of map.points) {
+    ctx.fillStyle = colourOf(p.label);
+    ctx.beginPath();
+    ctx.arc(at(p.x), at(-p.y), 3, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  const [x, y] = [at(map.x), at(-map.y)];
+  ctx.lineWidth = 3;
+  ctx.strokeStyle = "#000";
+  ctx.fillStyle = "#fff";
+  ctx.beginPath();
+  ctx.arc(x, y, 9, 0, 2 * Math.PI);
+  ctx.fill();
+  ctx.stroke();
+  ctx.beginPath();
+  ctx.moveTo(x - 14, y); ctx.lineTo(x + 14, y); ctx.moveTo(x, y - 14); ctx.lineTo(x, y + 14);
+  ctx.stroke();
+  Object.assign(canvas.dataset, { points: String(map.points.length), x: String(map.x), y: String(map.y) });
+  const legend = el("ul", { className: "legend map-legend" }, ...labels.map((label) => {
+    const swatch = el("span", { className: "swatch", "aria-hidden": "true" });
+    swatch.style.background = colourOf(label);
+    return el("li", {}, swatch, el("span", { className: "label", text: label }));
+  }));
+  return el("figure", { className: "map" }, canvas, legend,
+    el("figcaption", { text: `${map.method}. The image sent: the black-ringed marker.` }));
+}
+
+// ---------- /inpaint: paint the hole with the mouse ----------
+
+async function hasTransparency() {
+  const bitmap = state.image?.bitmap;
+  if (!bitmap) return false;
+  const data = pixels(bitmap).data;
+  for (let i = 3; i < data.length; i += 4) if (data[i] < 128) return true;
+  return false;
+}
+
+function ensureMask() {
+  const { width, height } = state.image.bitmap;
+  if (!state.mask) {
+    const canvas = el("canvas", { width, height }); // the image's own pixels: white = fill
+    const overlay = el("canvas", { width, height }); // the same strokes in red, to draw over the image
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, width, height);
+    state.mask = { canvas, overlay, painted: false, brush: 24 };
+  }
+  return state.mask;
+}
+
+// The mask as a PNG of the image's size, strictly black and white (canvas strokes have soft edges).
+async function maskBlob() {
+  const { canvas } = state.mask;
+  const image = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  for (let i = 0; i < image.data.length; i += 4) {
+    const v = image.data[i] >= 64 ? 255 : 0;
+    image.data.set([v, v, v, 255], i);
+  }
+  const out = el("canvas", { width: canvas.width, height: canvas.height });
+  out.getContext("2d").putImageData(image, 0, 0);
+  return new Promise((resolve) => out.toBlob(resolve, "image/png"));
+}
+
+function renderMaskEditor(blob) {
+  if (!state.image?.bitmap) {
+    $("view").replaceChildren(el("p", { className: "hint", text: "This browser cannot display the image, so no hole "
+      + "can be painted on it; send an image whose transparent pixels are the hole instead." }));
+    return;
+  }
+  const mask = ensureMask();
+  const { width, height } = state.image.bitmap;
+  const { canvas, scale, draw } = imageCanvas(width, height, 320, 320);
+  canvas.id = "mask-canvas";
+  canvas.className = "paintable";
+  canvas.setAttribute("aria-label", "the image: hold the mouse button and paint over the part to fill");
+  const redraw = () => {
+    const ctx = canvas.getContext("2d");
+    draw(ctx);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(mask.overlay, 0, 0, canvas.width, canvas.height);
+    canvas.dataset.painted = String(mask.painted);
+  };
+  const paintAt = (event) => {
+    const rect = canvas.getBoundingClientRect();
+    const x = ((event.clientX - rect.left) * (canvas.width / rect.width)) / scale;
+    const y = ((event.clientY - rect.top) * (canvas.height / rect.height)) / scale;
+    const r = mask.brush / 2 / scale;
+    for (const [target, fill] of [[mask.canvas, "#fff"], [mask.overlay, "rgba(230, 25, 75, 0.55)"]]) {
+      const ctx = target.getContext("2d");
+      ctx.fillStyle = fill;
+      ctx.beginPath();
+      ctx.arc(x, y, r, 0, 2 * Math.PI);
+      ctx.fill();
+      if (r < 0.75) ctx.fillRect(Math.floor(x), Math.floor(y), 1, 1); // smaller than a pixel: the pixel
+    }
+    mask.painted = true;
+    redraw();
+    updateRunButton();
+  };
+  let painting = false;
+  canvas.addEventListener("pointerdown", (event) => {
+    painting = true;
+    canvas.setPointerCapture?.(event.pointerId);
+    paintAt(event);
+  });
+  canvas.addEventListener("pointermove", (event) => { if (painting) paintAt(event); });
+  for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { painting = false; });
+  redraw();
+
+  const brush = el("input", { id: "brush-size", type: "range", min: "4", max: "80", step: "2", value: String(mask.brush) });
+  const brushValue = el("output", { for: "brush-size", text: `${mask.brush} px` });
+  brush.addEventListener("input", () => {
+    mask.brush = Number(brush.value);
+    brushValue.textContent = `${mask.brush} px`;
+  });
+  const clear = el("button", { type: "button", id: "clear-mask", text: "Clear the hole" });
+  clear.addEventListener("click", () => {
+    state.mask = null;
+    renderMaskEditor(null);
+  });
+  const figures = [figure("paint the hole (red)", canvas)];
+  if (blob) {
+    const output = pictureOf(blob, "the image with the hole filled", width);
+    output.id = "inpainted";
+    figures.push(figure("filled", output));
+  }
+  $("view").replaceChildren(el("div", { className: "side-by-side" }, ...figures),
+    el("div", { className: "slider" }, el("label", { for: "brush-size", text: "Brush" }), brush, brushValue),
+    el("p", { className: "hint" }, clear, " Run sends the image and the hole (white = fill) as ",
+      el("code", { text: "mask" }), "; pixels outside the hole come back unchanged."));
+}
+
+// ---------- /generate: a grid of new images, a seed to get them again ----------
+
+function renderGenerate(answer) {
+  $("seed").value = String(answer.seed); // Run asks for the same images again; "New seed" for others
+  const grid = el("img", { src: objectUrl(b64Blob(answer.grid)), alt: `${answer.images.length} generated images`,
+    id: "generated-grid", className: "pixelated" });
+  grid.dataset.seed = String(answer.seed);
+  grid.dataset.count = String(answer.images.length);
+  grid.addEventListener("load", () => { grid.width = Math.min(480, grid.naturalWidth * 4); });
+  $("view").replaceChildren(figure(`seed ${answer.seed} · ${answer.images.length} images from ${answer.model}`, grid),
+    el("p", { className: "hint", text: "The same seed gives the same images; “New seed” draws others." }));
+}
+
 // ---------- wiring ----------
 
 function imageFrom(items) {
@@ -583,6 +816,11 @@ function init() {
   $("endpoints").addEventListener("change", () => { renderModelSelect(); run(); });
   $("model").addEventListener("change", run);
   $("top-k").addEventListener("change", run);
+  for (const id of ["neighbor-count", "count", "seed"]) $(id).addEventListener("change", run);
+  $("new-seed").addEventListener("click", () => {
+    $("seed").value = String(Math.floor(Math.random() * 2 ** 32));
+    run();
+  });
   $("run").addEventListener("click", run);
   $("refresh-models").addEventListener("click", loadModels);
   $("file").addEventListener("change", (event) => {
