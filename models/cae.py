@@ -139,6 +139,7 @@ def cae(
         family="cae",
         input_size=(32, 32),
         in_channels=1,  # the image's; the network also sees the hole's mask as a second channel
+        background=(0, 0, 0),  # the digits: light ink on black
         mean=(0.0,),
         std=(1.0,),
         num_classes=0,

@@ -127,6 +127,7 @@ class ConvVAE(nn.Module):
         family="vae",
         input_size=(32, 32),
         in_channels=1,
+        background=(0, 0, 0),  # the digits: light ink on black
         mean=(0.0,),
         std=(1.0,),
         num_classes=0,

@@ -18,7 +18,6 @@ training split labels the test split.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from .cae_digits import digits_batch
 from .digits import SEED as SPLIT_SEED
 from .digits import TEST_FRACTION, digits_split
+from .records import write_record
 
 __all__ = [
     "KNN_K",
@@ -246,9 +246,10 @@ def train_inpaint_digits(output_dir: Path, *, seed: int = 0, log=print, epochs: 
         "psnr_gain_db": round(metrics["psnr_gain_db"], 3),
         "embedding_knn_accuracy": round(knn, 4),
         "embedding_knn": f"k={KNN_K} on the L2-normalised codes (no hole) of the training split, test split labelled",
+        "train_seconds": round(time.perf_counter() - start, 1),  # the report's, not the sidecar's
         "torch": torch.__version__,
     }
-    (output_dir / "cae_inpaint.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_record(output_dir / "cae_inpaint.json", record)
     log(
         f"hole PSNR {metrics['hole_psnr_db']:.2f} dB vs border mean {metrics['baseline_psnr_db']:.2f} dB: "
         f"{metrics['psnr_gain_db']:+.2f} dB on {metrics['images']} test digits; embedding k-NN {knn:.2%}; trained in "

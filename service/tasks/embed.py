@@ -3,9 +3,9 @@
 The graph computes it (the ``embedding`` output, L2-normalised inside the graph, float32), so a ``/v2`` client or any
 other runtime gets the same vector; this task only lists it. An inpainting model's code is an embedding too (learning
 to fill holes is learning features): it gets the image with an empty mask, and, being trained on all ten digits, it
-is the default here (``serves`` lists ``inpainting`` first). Files that carry a reference gallery (the digits demos:
-the embeddings of the digits test split, their labels, thumbnails and a 2-D map of them) can also answer the
-image's nearest neighbours in that gallery and its place on the map — what the page's Embed view draws.
+is the default here (``default_model``; ``serves`` lists ``inpainting`` first). Files that carry a reference gallery
+(the digits demos: the embeddings of the digits test split, their labels, thumbnails and a 2-D map of them) can also
+answer the image's nearest neighbours in that gallery and its place on the map — what the page's Embed view draws.
 
 Files exported before ``/embed`` existed have no ``embedding`` output; they still serve their other endpoints, and
 this one refuses them with the export command that adds it.
@@ -106,9 +106,10 @@ class EmbedTask(Task):
         "The digits demo models carry a gallery (the digits test split): `neighbors=k` lists the image's k nearest "
         "gallery images with their distances, `map=true` adds the gallery's 2-D map and the image's place on it."
     )
-    # With no model named, /embed answers with the first ready model of these, in this order: the digits inpainting
-    # CAE (trained on all ten digits), then the denoising/anomaly CAE (digits 0-7), then the classifiers.
+    # With no model named, /embed answers with the default set's digits inpainting CAE (trained on all ten digits)
+    # when it is served, else the first served model of these, in this order.
     serves = ("inpainting", "autoencoder", "classification")
+    default_model = "cae_inpaint"
     Options = EmbedOptions
     Response = EmbedResponse
     draft_decode = True

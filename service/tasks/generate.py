@@ -80,6 +80,7 @@ class GenerateTask(Task):
     summary = "New images from a generative model: `count` rows of noise drawn with `seed`, made images by the graph."
     description = "No image to send: the fields alone (a form, JSON or query parameters), e.g. `count=16&seed=7`."
     serves = ("generation",)
+    default_model = "cvae"
     files = ()
     Options = GenerateOptions
     Response = GenerateResponse

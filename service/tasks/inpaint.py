@@ -6,7 +6,9 @@ upload's size. The model sees the image and the hole at its input size (the grap
 what is around, and keeps the known pixels); what the upload has under the hole never reaches the model (it is
 replaced by the mean of the known pixels before resizing, so a mask and a transparent hole give the same answer).
 The answer keeps every pixel of the upload outside the hole exactly as sent and takes the model's filling, resized
-to the upload, inside it.
+to the upload, inside it. Transparency is the hole when no mask is sent (this endpoint's rule, not the others'
+compositing); with a mask, transparent pixels outside the hole are composited on the model's background
+(``ModelContract.background``) like every other endpoint's.
 """
 
 from __future__ import annotations
@@ -78,18 +80,23 @@ def model_mask(hole: np.ndarray, pre: Preprocess) -> np.ndarray:
     return (mask if mask.any() else resized > 0).astype(np.float32)  # a hole smaller than a model pixel still counts
 
 
-def _without_hole(upload: Image.Image, hole: np.ndarray, channels: int) -> Image.Image:
-    """The upload as the model sees it (grey or RGB) with the hole's pixels set to the mean of the others: nothing
-    under the hole leaks into its border when the image is resized."""
-    arr = np.asarray(to_model_mode(upload, channels)).copy()
+def _without_hole(
+    upload: Image.Image, hole: np.ndarray, channels: int, background: tuple[int, int, int]
+) -> Image.Image:
+    """The upload as the model sees it (grey or RGB; transparency outside the hole on the model's background) with
+    the hole's pixels set to the mean of the others: nothing under the hole leaks into its border when the image is
+    resized."""
+    arr = np.asarray(to_model_mode(upload, channels, background)).copy()
     arr[hole] = np.rint(arr[~hole].mean(axis=0)).astype(np.uint8)
     return Image.fromarray(arr)
 
 
-def _filled(upload: Image.Image, inpainted: np.ndarray, hole: np.ndarray) -> Image.Image:
-    """The upload outside the hole, the model's filling (at the upload's size) inside it."""
+def _filled(
+    upload: Image.Image, inpainted: np.ndarray, hole: np.ndarray, background: tuple[int, int, int]
+) -> Image.Image:
+    """The upload outside the hole (as the model saw it), the model's filling (at the upload's size) inside it."""
     filling = denoised_image(inpainted, upload)
-    original = to_model_mode(upload, 1 if filling.mode == "L" else 3)
+    original = to_model_mode(upload, 1 if filling.mode == "L" else 3, background)
     out = np.asarray(original).copy()
     out[hole] = np.asarray(filling)[hole]
     return Image.fromarray(out)
@@ -106,6 +113,7 @@ class InpaintTask(Task):
         "pixels are the hole. The answer has the upload's size; pixels outside the hole are the upload's own."
     )
     serves = ("inpainting",)
+    default_model = "cae_inpaint"
     files = (
         FileField("image"),
         FileField("mask", required=False, description="white = fill, black = keep; default: the image's alpha"),
@@ -115,9 +123,12 @@ class InpaintTask(Task):
     def prepare(self, contract: ModelContract, uploads: Mapping[str, Image.Image], options: TaskOptions) -> Inputs:
         upload = uploads["image"]
         hole = hole_mask(upload, uploads.get("mask"))
-        pixels = preprocess_uint8(_without_hole(upload, hole, contract.in_channels), contract.preprocess)
+        pixels = preprocess_uint8(
+            _without_hole(upload, hole, contract.in_channels, contract.background), contract.preprocess
+        )
         mask = model_mask(hole, contract.preprocess)
         return Inputs(images=pixels[None], rows={"mask": mask[None]}, upload=upload, pixels=pixels, context=hole)
 
     def respond(self, model, contract, outputs: Outputs, inputs: Inputs, options: TaskOptions) -> ImageAnswer:
-        return ImageAnswer(png=png_bytes(_filled(inputs.upload, outputs["inpainted"][0], inputs.context)))
+        filled = _filled(inputs.upload, outputs["inpainted"][0], inputs.context, contract.background)
+        return ImageAnswer(png=png_bytes(filled))
