@@ -24,6 +24,7 @@ from cnnserve.export.onnx import read_contract
 from cnnserve.export.pipeline import DEFAULT_EXPORTS
 from cnnserve.export.precision import COMPUTE_OPS, INPUT_DTYPES, PRECISIONS, make_variant
 from cnnserve.export.quality import calibration_images, run_onnx
+from cnnserve.export.wrappers import export_for
 from onnx import TensorProto
 
 from cnnserve import models
@@ -31,10 +32,24 @@ from cnnserve import models
 # One model per exported task family: the shipped demos (classification, detection, segmentation, autoencoder),
 # an ImageNet-size classifier, and (slow: a minute or more to export) Faster R-CNN.
 MODELS = (*DEFAULT_EXPORTS, ("resnet18", "random"), ("fasterrcnn_resnet50_fpn", "random"))
-NAMES = [pytest.param(name, marks=pytest.mark.slow) if name.startswith("fasterrcnn") else name for name, _ in MODELS]
-VARIANTS = [(p, d) for p in PRECISIONS for d in INPUT_DTYPES]
-# Outputs computed in fp32 after the network (softmax, decode, NMS, sigmoid, error): float32 values in fp16 files.
-FP32_VALUES = {"probabilities", "boxes", "scores", "reconstruction", "error"}
+
+
+def _variants(name: str) -> list[tuple[str, str]]:
+    """The variants ``cnnserve export`` makes of this model (an inpainter or a generator: fp16, float32 input)."""
+    task = export_for(models.get_spec(name))
+    dtypes = INPUT_DTYPES if task.uint8_input else ("float32",)
+    return [(p, d) for p in PRECISIONS if p in task.precisions for d in dtypes]
+
+
+def _slow(name: str):
+    return (pytest.mark.slow,) if name.startswith("fasterrcnn") else ()
+
+
+VARIANTS = [pytest.param(n, p, d, marks=_slow(n)) for n, _ in MODELS for p, d in _variants(n)]
+FP16 = [pytest.param(n, d, marks=_slow(n)) for n, _ in MODELS for p, d in _variants(n) if p == "fp16"]
+# Outputs computed in fp32 after the network (softmax, decode, NMS, sigmoid, error, the embedding's L2 norm): float32
+# values in fp16 files.
+FP32_VALUES = {"probabilities", "boxes", "scores", "reconstruction", "error", "embedding"}
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +121,7 @@ def _cast_to(node: onnx.NodeProto) -> int:
     return next(a.i for a in node.attribute if a.name == "to")
 
 
-@pytest.mark.parametrize(("precision", "input_dtype"), VARIANTS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("name", "precision", "input_dtype"), VARIANTS)
 def test_every_variant_passes_the_full_onnx_check_and_keeps_the_outputs(
     name: str, precision: str, input_dtype: str, variant, fp32_file
 ) -> None:
@@ -122,8 +136,7 @@ def test_every_variant_passes_the_full_onnx_check_and_keeps_the_outputs(
     assert [t.name for t in model.graph.initializer if t.name not in read] == []  # nothing left behind
 
 
-@pytest.mark.parametrize("input_dtype", INPUT_DTYPES)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("name", "input_dtype"), FP16)
 def test_fp16_entry_is_one_cast_and_one_scale_and_shift(name: str, input_dtype: str, variant) -> None:
     model = onnx.load(str(variant(name, "fp16", input_dtype)))
     entry, first = _entry(model)
@@ -156,8 +169,7 @@ def test_fp16_entry_is_one_cast_and_one_scale_and_shift(name: str, input_dtype: 
     assert first.input[0] == entry[-1].output[0]
 
 
-@pytest.mark.parametrize("input_dtype", INPUT_DTYPES)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("name", "input_dtype"), FP16)
 def test_fp16_answers_are_float32_values(name: str, input_dtype: str, variant) -> None:
     """No fp32 → fp16 → fp32 round trip anywhere, and what the post-processing answers is not fp16-valued."""
     path = variant(name, "fp16", input_dtype)
