@@ -30,6 +30,7 @@ from .quality import _demo_dataset, _session, run_onnx
 __all__ = ["KNN_K", "evaluate_file", "digits_embeddings"]
 
 KNN_K = 5
+KNN_GOAL = 0.95
 INPAINT_GAIN_GOAL_DB = 3.0
 CONFIDENT_GOAL = 0.8
 DIGITS_GOAL = 8
@@ -96,7 +97,10 @@ def _embedding_figures(contract: ModelContract, path: Path) -> tuple[list[Evalua
         thumbnail_size=split.test_images.shape[1:],
         thumbnails=Gallery.encode(split.test_images, "uint8"),
     )
-    return [Evaluation(metric="knn_accuracy", value=round(accuracy, 4), data=data)], gallery
+    # The issue's goal is for the autoencoder of all ten digits (the inpainting CAE, /embed's default); the
+    # denoising CAE never saw an 8 or a 9, and the classifiers' features are trained on the labels themselves.
+    goal = KNN_GOAL if contract.task == "inpainting" else None
+    return [Evaluation(metric="knn_accuracy", value=round(accuracy, 4), data=data, goal=goal)], gallery
 
 
 def _inpainting_figures(contract: ModelContract, path: Path) -> tuple[list[Evaluation], None]:

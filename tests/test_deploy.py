@@ -177,10 +177,13 @@ def _config_tensors(tensors, batched: bool) -> list[tuple[str, str, list[int]]]:
     return found
 
 
+REPO_MODELS = ("lenet5", "yolov1_shapes", "cae", "unet", "cae_inpaint", "cvae")  # the default set
+
+
 @pytest.fixture(scope="module")
 def model_repo(model_store: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("triton") / "models"
-    result = _cnnserve("export-repo", str(repo), "lenet5", "yolov1_shapes", "cae", "unet")
+    result = _cnnserve("export-repo", str(repo), *REPO_MODELS)
     assert result.returncode == 0, result.stderr[-3000:]
     return repo
 
@@ -188,14 +191,14 @@ def model_repo(model_store: dict[str, str], tmp_path_factory: pytest.TempPathFac
 def test_repository_has_one_versioned_folder_per_model(model_repo: Path, model_store: dict[str, str]) -> None:
     from cnnserve.service.store import find_entry
 
-    assert sorted(p.name for p in model_repo.iterdir()) == ["cae", "lenet5", "unet", "yolov1_shapes"]
+    assert sorted(p.name for p in model_repo.iterdir()) == sorted(REPO_MODELS)
     for model in model_repo.iterdir():
         assert sorted(p.name for p in model.iterdir() if p.name != "labels.txt") == ["1", "config.pbtxt"]
         assert [p.name for p in (model / "1").iterdir()] == ["model.onnx"]
         assert (model / "1" / "model.onnx").read_bytes() == find_entry(model_store[model.name]).path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["lenet5", "yolov1_shapes", "cae", "unet"])
+@pytest.mark.parametrize("name", REPO_MODELS)
 def test_config_matches_the_onnx_file(model_repo: Path, name: str) -> None:
     import onnx
     from google.protobuf import text_format

@@ -213,9 +213,12 @@ def test_models_records_the_held_out_knn_accuracy(server) -> None:
     for name in ("cae_inpaint", "cae", "lenet5"):
         (knn,) = [e for e in listed[name]["evaluation"] if e["metric"] == "knn_accuracy"]
         assert knn["value"] >= (KNN_GOAL if name == "cae_inpaint" else 0.9), (name, knn)
+        assert knn["goal"] == (KNN_GOAL if name == "cae_inpaint" else None)  # the issue's goal, where it applies
         assert "/embed" in listed[name]["routes"] and listed[name]["gallery"]
     endpoints = {e["route"]: e for e in requests.get(f"{server.url}/models", timeout=10).json()["endpoints"]}
     assert endpoints["/embed"]["tasks"] == ["inpainting", "autoencoder", "classification"]
+    defaults = {route: endpoints[route]["default_model"] for route in ("/embed", "/inpaint", "/generate")}
+    assert defaults == {"/embed": "cae_inpaint", "/inpaint": "cae_inpaint", "/generate": "cvae"}
     assert endpoints["/inpaint"]["files"] == [{"name": "image", "required": True}, {"name": "mask", "required": False}]
     assert endpoints["/generate"]["files"] == []
 
@@ -292,6 +295,24 @@ def test_inpaint_takes_the_uploads_transparency_and_json(server) -> None:
     filled = [np.asarray(Image.open(io.BytesIO(r.content))) for r in (multipart, raw, as_json)]
     assert filled[0].shape == (8, 8) and np.array_equal(filled[0], filled[1])
     assert np.array_equal(filled[0][hole], filled[2][hole])  # the same hole, told two ways
+
+
+def test_inpaint_with_a_mask_puts_other_transparency_on_the_models_background(server) -> None:
+    """A white digit drawn on a transparent page, and a mask: the mask marks the hole (/inpaint's rule), and the
+    transparent background is the digits model's black, as on every other endpoint — not white paper."""
+    pixels, hole = _digit_and_hole()
+    drawn = _png(Image.fromarray(np.stack([np.full_like(pixels, 255), pixels], axis=-1), "LA"))  # ink = opacity
+    mask = _png(Image.fromarray(hole.astype(np.uint8) * 255))
+    with_mask = requests.post(
+        f"{server.url}/inpaint", files={"image": ("a.png", drawn), "mask": ("m.png", mask)}, timeout=30
+    )
+    plain = requests.post(
+        f"{server.url}/inpaint", files={"image": ("d.png", digit_png(pixels)), "mask": ("m.png", mask)}, timeout=30
+    )
+    assert with_mask.status_code == plain.status_code == 200, with_mask.text
+    out, reference = (np.asarray(Image.open(io.BytesIO(r.content))) for r in (with_mask, plain))
+    assert np.abs(out[~hole].astype(int) - pixels[~hole]).max() <= 1  # composited on black: the digit itself
+    assert np.abs(out[hole].astype(int) - reference[hole]).max() <= 2  # and filled as the plain digit is
 
 
 def _mask(array: np.ndarray) -> bytes:

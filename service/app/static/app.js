@@ -736,22 +736,37 @@ function renderMaskEditor(blob) {
     const ctx = canvas.getContext("2d");
     draw(ctx);
     ctx.imageSmoothingEnabled = false;
+    ctx.globalAlpha = 0.55; // the hole in translucent red over the image
     ctx.drawImage(mask.overlay, 0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = 1;
     canvas.dataset.painted = String(mask.painted);
   };
+  // A stroke is the brush dragged from the last pointer position to this one: the browser reports a fast movement
+  // as a few far-apart points, and the hole must not be a row of dots.
+  let last = null;
   const paintAt = (event) => {
     const rect = canvas.getBoundingClientRect();
     const x = ((event.clientX - rect.left) * (canvas.width / rect.width)) / scale;
     const y = ((event.clientY - rect.top) * (canvas.height / rect.height)) / scale;
     const r = mask.brush / 2 / scale;
-    for (const [target, fill] of [[mask.canvas, "#fff"], [mask.overlay, "rgba(230, 25, 75, 0.55)"]]) {
+    for (const [target, colour] of [[mask.canvas, "#fff"], [mask.overlay, "rgb(230, 25, 75)"]]) {
       const ctx = target.getContext("2d");
-      ctx.fillStyle = fill;
+      ctx.fillStyle = colour;
+      ctx.strokeStyle = colour;
       ctx.beginPath();
       ctx.arc(x, y, r, 0, 2 * Math.PI);
       ctx.fill();
+      if (last) {
+        ctx.lineWidth = 2 * r;
+        ctx.lineCap = "round";
+        ctx.beginPath();
+        ctx.moveTo(last.x, last.y);
+        ctx.lineTo(x, y);
+        ctx.stroke();
+      }
       if (r < 0.75) ctx.fillRect(Math.floor(x), Math.floor(y), 1, 1); // smaller than a pixel: the pixel
     }
+    last = { x, y };
     mask.painted = true;
     redraw();
     updateRunButton();
@@ -759,11 +774,17 @@ function renderMaskEditor(blob) {
   let painting = false;
   canvas.addEventListener("pointerdown", (event) => {
     painting = true;
+    last = null;
     canvas.setPointerCapture?.(event.pointerId);
     paintAt(event);
   });
   canvas.addEventListener("pointermove", (event) => { if (painting) paintAt(event); });
-  for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { painting = false; });
+  for (const type of ["pointerup", "pointercancel"]) {
+    canvas.addEventListener(type, () => {
+      painting = false;
+      last = null;
+    });
+  }
   redraw();
 
   const brush = el("input", { id: "brush-size", type: "range", min: "4", max: "80", step: "2", value: String(mask.brush) });
@@ -792,7 +813,8 @@ function renderMaskEditor(blob) {
 // ---------- /generate: a grid of new images, a seed to get them again ----------
 
 function renderGenerate(answer) {
-  $("seed").value = String(answer.seed); // Run asks for the same images again; "New seed" for others
+  // Run asks for the same images again; "New seed" for others. Not while a person is typing a seed there.
+  if (document.activeElement !== $("seed")) $("seed").value = String(answer.seed);
   const grid = el("img", { src: objectUrl(b64Blob(answer.grid)), alt: `${answer.images.length} generated images`,
     id: "generated-grid", className: "pixelated" });
   grid.dataset.seed = String(answer.seed);
