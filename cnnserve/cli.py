@@ -89,6 +89,9 @@ def export(
     num_classes: Annotated[int | None, typer.Option(help="replace the head (random or own weights)")] = None,
     defaults: Annotated[bool, typer.Option("--defaults", help="export the default set")] = False,
     missing_only: Annotated[bool, typer.Option(help="with --defaults: skip models already in the store")] = False,
+    embedding: Annotated[
+        bool, typer.Option(help="the `embedding` output (/embed); --no-embedding for one-output clients")
+    ] = True,
 ) -> None:
     """Export a model to ONNX into the model store.
 
@@ -118,6 +121,7 @@ def export(
                 tag=tag,
                 output=output,
                 num_classes=num_classes,
+                embedding=embedding,
             )
         except (ExportError, WeightsError, KeyError) as exc:
             raise _fail(str(exc).strip("'\"")) from None

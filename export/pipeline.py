@@ -35,7 +35,7 @@ from .weights import (
     load_torchvision_state_dict,
     torchvision_spec,
 )
-from .wrappers import export_for
+from .wrappers import ClassifierExport, export_for
 
 __all__ = ["DEFAULT_EXPORTS", "PRECISIONS", "INPUT_DTYPES", "ExportError", "ExportResult", "export_model", "store_tag"]
 
@@ -106,11 +106,14 @@ def export_model(
     num_classes: int | None = None,
     save: bool = True,
     seed: int = 0,
+    embedding: bool = True,
 ) -> ExportResult:
     """Export one registered model; raises :class:`ExportError`/:class:`WeightsError` with an actionable message.
 
     ``precision`` fp16 / int8 and ``input_dtype`` uint8 make a variant of the fp32 export; int8 calibrates on
     ``calibration`` (a folder of images) or, by default, on the demo's training data or ``skimage.data`` photos.
+    ``embedding=False`` leaves the ``embedding`` output out of the graph (``/embed`` then refuses the file): Triton's
+    ``image_client.py`` takes only models with one output.
     """
     start = time.perf_counter()
     if precision not in PRECISIONS:
@@ -141,7 +144,14 @@ def export_model(
     torch.manual_seed(seed)  # "random" weights are reproducible
     model = models.build_model(name, **overrides).eval()
     spec, source, carried = _load_weights(model, spec, weights)
-    wrapped = task.wrapper(model, spec).eval()
+    outputs = task.outputs
+    if embedding:
+        wrapped = task.wrapper(model, spec).eval()
+    elif task.wrapper is ClassifierExport:
+        outputs = tuple(o for o in task.outputs if o != "embedding")
+        wrapped = ClassifierExport(model, spec, embedding=False).eval()
+    else:
+        raise ExportError(f"{name} ({spec.task}): only a classifier's embedding output can be left out")
 
     if task.example is not None:  # per-row graph inputs other than the images alone (a mask, latent codes)
         examples = task.example(spec, seed)
@@ -159,7 +169,7 @@ def export_model(
             (*rows, *extra),
             fp32_path,
             input_names=(*examples, *task.extra_inputs),
-            output_names=task.outputs,
+            output_names=outputs,
             dynamic_hw=task.dynamic_hw,
             custom_translation_table=task.onnx_translations,
         )
@@ -178,7 +188,7 @@ def export_model(
             size_multiple=task.size_multiple,
             extra_inputs=task.extra_inputs,  # scalar graph inputs (thresholds) with their defaults
             inputs=tuple(examples),
-            outputs=task.outputs,
+            outputs=outputs,
             parity=parity,
         )
         quality = None

@@ -52,18 +52,20 @@ class ClassifierExport(nn.Module):
 
     One pass: normalise → the network's features → its penultimate representation (``forward_head(...,
     pre_logits=True)``: pooled features, ViT's class token, AlexNet/VGG's fc7, LeNet's F6) → the last layer →
-    softmax. ``embedding`` is that penultimate representation, L2-normalised."""
+    softmax. ``embedding`` is that penultimate representation, L2-normalised; ``embedding=False`` leaves it out (a
+    graph of one output, what Triton's ``image_client.py`` takes)."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
+    def __init__(self, model: nn.Module, spec: ModelSpec, *, embedding: bool = True) -> None:
         super().__init__()
         self.normalize = Normalize(spec.mean, spec.std)
         self.model = model
+        self.embedding = embedding
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         features = self.model.forward_features(self.normalize(images))
         penultimate = self.model.forward_head(features, pre_logits=True)  # (N, D)
-        logits = self.model.get_classifier()(penultimate)  # (N, K)
-        return torch.softmax(logits, dim=1), l2_normalize(penultimate)
+        probabilities = torch.softmax(self.model.get_classifier()(penultimate), dim=1)  # (N, K)
+        return (probabilities, l2_normalize(penultimate)) if self.embedding else probabilities
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ def model_store() -> dict[str, str]:
 
     tags = {
         "lenet5": export_model("lenet5", weights="demo").tag,
-        "lenet5-u8": export_model("lenet5", weights="demo", input_dtype="uint8").tag,
+        # what Triton's image_client.py takes: raw pixels, one output (README: Triton and KServe clients)
+        "lenet5-u8": export_model("lenet5", weights="demo", input_dtype="uint8", embedding=False).tag,
         "resnet18": export_model("resnet18", weights="random").tag,
         "yolov1_shapes": export_model("yolov1_shapes", weights="demo").tag,
         "cae": export_model("cae", weights="demo").tag,

@@ -143,9 +143,9 @@ def test_score_embeddings_go_to_parquet_as_one_fixed_size_list_column(
     result = run("score", "--model", "cae", "--task", "embed", str(folder), "--output", str(out), "--batch-size", "16")
     assert "scored 40, failed 1" in result.stdout
     table = pq.read_table(out)
-    dim = len(requests.post(f"{server.url}/embed", files={"image": digit_png(digits_split().test_images[0])}).json()[
-        "embedding"
-    ])  # fmt: skip
+    dim = len(requests.post(
+        f"{server.url}/embed", files={"image": digit_png(digits_split().test_images[0])}, data={"model": "cae"}
+    ).json()["embedding"])  # fmt: skip
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), dim)
     rows = {row["path"]: row for row in table.to_pylist()}
     assert len(rows) == 41 and rows[str(folder / "broken.png")]["embedding"] is None

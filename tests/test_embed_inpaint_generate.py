@@ -118,6 +118,18 @@ def test_new_tasks_export_only_the_variants_that_fit(tmp_path: Path) -> None:
         export_model("cae_inpaint", weights="random", input_dtype="uint8", save=False, output=tmp_path / "y.onnx")
 
 
+def test_no_embedding_leaves_one_output_for_one_output_clients(tmp_path: Path) -> None:
+    """Triton's image_client.py takes models of one output: --no-embedding exports the probabilities alone."""
+    from cnnserve.export import ExportError
+
+    result = export_model("lenet5", weights="random", embedding=False, save=False, output=tmp_path / "one.onnx")
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    assert read_contract(result.path).outputs == ("probabilities",)
+    with pytest.raises(ExportError, match="only a classifier's embedding output can be left out"):
+        export_model("cvae", weights="random", embedding=False, save=False, output=tmp_path / "x.onnx")
+
+
 def test_inpainting_graph_keeps_the_known_pixels_and_generation_graph_decodes_codes(tmp_path: Path) -> None:
     export_model("cae_inpaint", weights="random", save=False, output=tmp_path / "inpaint.onnx")
     session = ort.InferenceSession(str(tmp_path / "inpaint.onnx"), providers=["CPUExecutionProvider"])

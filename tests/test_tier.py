@@ -18,7 +18,7 @@ class EchoRunner:
     """Answers each image with its own first pixel, after a delay that depends on the image (so replies overtake
     one another), and fails on request."""
 
-    async def infer(self, images: np.ndarray, extra: dict) -> dict[str, np.ndarray]:
+    async def infer(self, images: np.ndarray, extra: dict, rows: dict | None = None) -> dict[str, np.ndarray]:
         if extra.get("fail"):
             raise ServeError("refused on purpose", status=413)
         await asyncio.sleep(float(images[0, 0, 0, 0]) / 2000)

@@ -228,9 +228,8 @@ def test_model_config_is_tritons(triton: Triton, server) -> None:
         {"name": "images", "data_type": "TYPE_UINT8", "format": "FORMAT_NCHW", "dims": ["1", "32", "32"]}
     ]
     assert config["output"] == [
-        {"name": "probabilities", "data_type": "TYPE_FP32", "dims": ["10"], "label_filename": "labels.txt"},
-        {"name": "embedding", "data_type": "TYPE_FP32", "dims": ["84"]},
-    ]
+        {"name": "probabilities", "data_type": "TYPE_FP32", "dims": ["10"], "label_filename": "labels.txt"}
+    ]  # exported with --no-embedding, for image_client.py (one output)
     assert "dynamic_batching" in config
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
     assert triton.config("lenet5", "1")["input"][0]["data_type"] == "TYPE_FP32"
