@@ -171,10 +171,19 @@ def test_image_client_agrees_with_classify(protocol: str, server) -> None:
 
 
 def test_image_client_needs_the_uint8_export(server) -> None:
-    """The float32 [0, 1] export passes the same checks but gets 0–255 values from image_client.py's NONE scaling:
-    its answers are not the digits' (why the README points Triton-client users at the uint8 export)."""
+    """The default export (float32 [0, 1] input; the probabilities and the embedding) fails image_client.py's own
+    checks (one output), and past them it would still answer nonsense: the client's NONE scaling sends 0–255 values
+    (why the README points Triton-client users at the uint8 export with --no-embedding)."""
     split = digits_split()
     images = [Image.open(io.BytesIO(digit_png(split.test_images[i]))) for i in range(12)]
     truth = [str(int(label)) for label in split.test_labels[:12]]
-    right = sum(row[0][2] == t for row, t in zip(classify("http", server, "lenet5", images, 1), truth, strict=True))
+    with pytest.raises(AssertionError, match="expecting 1 output, got 2"):
+        classify("http", server, "lenet5", images, 1)
+    client = _client("http", server)  # what image_client.py would send it: 0-255 values, its only scaling
+    batch = np.stack([preprocess(img, mc.ModelInput.FORMAT_NCHW, "FP32", 1, 32, 32) for img in images])
+    inputs = [httpclient.InferInput("images", batch.shape, "FP32")]
+    inputs[0].set_data_from_numpy(batch)
+    wanted = [httpclient.InferRequestedOutput("probabilities")]
+    probabilities = client.infer("lenet5", inputs, outputs=wanted).as_numpy("probabilities")
+    right = sum(str(int(row.argmax())) == t for row, t in zip(probabilities, truth, strict=True))
     assert right <= 6  # chance is 1 in 10; the uint8 export gets all of these right (test above)
