@@ -120,6 +120,10 @@ class InpaintTask(Task):
     )
     record_key = "inpainted"
 
+    def answer_bytes_per_pixel(self, options: TaskOptions) -> int:
+        # the hole (1), the filling at the upload's size and the upload in the model's mode (4 each), the PNG
+        return 12
+
     def prepare(self, contract: ModelContract, uploads: Mapping[str, Image.Image], options: TaskOptions) -> Inputs:
         upload = uploads["image"]
         hole = hole_mask(upload, uploads.get("mask"))
