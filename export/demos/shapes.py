@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CLASSES", "TRAIN_SEED", "HELD_OUT_SEED", "ShapesSample", "make_sample", "make_dataset"]
+__all__ = ["CLASSES", "TRAIN_SEED", "HELD_OUT_SEED", "ShapesSample", "make_sample", "make_dataset", "resize_sample"]
 
 CLASSES = ("background", "circle", "square", "triangle")
 TRAIN_SEED = 0
@@ -107,3 +107,26 @@ def make_dataset(
 ) -> list[ShapesSample]:
     rng = np.random.default_rng(seed)
     return [make_sample(rng, size, max_shapes) for _ in range(n)]
+
+
+def resize_sample(sample: ShapesSample, size: tuple[int, int]) -> ShapesSample:
+    """A scene at the model's input size (H, W), as the service sees an upload: the image resized with PIL bilinear
+    (the service's resize), boxes scaled, and each mask pixel the class that covers most of it after the same
+    resize (nearest neighbour would drop the thin parts a shrink leaves)."""
+    h, w = sample.image.shape[:2]
+    if (h, w) == tuple(size):
+        return sample
+    out_h, out_w = size
+    sx, sy = out_w / w, out_h / h
+    shares = [
+        np.asarray(
+            Image.fromarray((sample.mask == k).astype(np.uint8) * 255).resize((out_w, out_h), Image.Resampling.BILINEAR)
+        )
+        for k in range(len(CLASSES))
+    ]
+    return ShapesSample(
+        image=np.asarray(Image.fromarray(sample.image).resize((out_w, out_h), Image.Resampling.BILINEAR)),
+        mask=np.argmax(np.stack(shares), axis=0).astype(np.uint8),
+        boxes=sample.boxes * np.array([sx, sy, sx, sy], dtype=np.float32),
+        labels=sample.labels,
+    )

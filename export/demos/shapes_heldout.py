@@ -19,9 +19,12 @@ styles and degradations its own way:
 * **degradations**: a box or motion blur, Gaussian, signal-dependent (shot) or salt-and-pepper noise, a colour
   cast, and JPEG or WebP compression at qualities down to 15.
 
-``make_held_out(n, seed=HELD_OUT_SEED)`` is the README's held-out set; the samples are
-:class:`.shapes.ShapesSample` (only the container is shared). ``yolo_shapes.evaluate_held_out`` and
-``unet_shapes.evaluate_held_out`` score a model on it.
+``make_held_out(n, seed=HELD_OUT_SEED)`` is the README's held-out set. ``make_simple_held_out`` is a second, plain
+one, the kind of scene issue 19 reports the first demos failing on: a linear gradient between two random colours,
+2–5 apart shapes 28–64 pixels across in random RGB colours (at least 60 from the background under them, so
+every shape can be seen), Gaussian blur and Gaussian noise, each scene 128–320 pixels a side. For both sets the
+samples are :class:`.shapes.ShapesSample` (only the container and ``resize_sample``, the service's view of an
+upload, are shared). ``yolo_shapes.evaluate_held_out`` and ``unet_shapes.evaluate_held_out`` score a model on it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from .shapes import CLASSES, HELD_OUT_SEED, ShapesSample
+from .shapes import HELD_OUT_SEED, ShapesSample, resize_sample
 
-__all__ = ["TEXTURES", "make_held_out", "held_out_scene", "resize_sample"]
+__all__ = ["TEXTURES", "make_held_out", "held_out_scene", "make_simple_held_out", "simple_scene", "resize_sample"]
 
 # skimage.data images with no circle, square or triangle of their own in the crops taken (no coins, clock, cup).
 TEXTURES = ("grass", "gravel", "brick", "moon", "text", "page", "chelsea", "immunohistochemistry", "hubble_deep_field")
@@ -310,29 +313,6 @@ def _degrade(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def resize_sample(sample: ShapesSample, size: tuple[int, int]) -> ShapesSample:
-    """A scene at the model's input size (H, W), as the service sees an upload: the image resized with PIL bilinear
-    (the service's resize), boxes scaled, and each mask pixel the class that covers most of it after the same
-    resize (nearest neighbour would drop the thin parts a shrink leaves)."""
-    h, w = sample.image.shape[:2]
-    if (h, w) == tuple(size):
-        return sample
-    out_h, out_w = size
-    sx, sy = out_w / w, out_h / h
-    shares = [
-        np.asarray(
-            Image.fromarray((sample.mask == k).astype(np.uint8) * 255).resize((out_w, out_h), Image.Resampling.BILINEAR)
-        )
-        for k in range(len(CLASSES))
-    ]
-    return ShapesSample(
-        image=np.asarray(Image.fromarray(sample.image).resize((out_w, out_h), Image.Resampling.BILINEAR)),
-        mask=np.argmax(np.stack(shares), axis=0).astype(np.uint8),
-        boxes=sample.boxes * np.array([sx, sy, sx, sy], dtype=np.float32),
-        labels=sample.labels,
-    )
-
-
 def make_held_out(n: int, *, seed: int = HELD_OUT_SEED) -> list[ShapesSample]:
     """``n`` held-out scenes, each at its own size (``resize_sample`` brings one to the model's input size).
 
@@ -345,3 +325,60 @@ def make_held_out(n: int, *, seed: int = HELD_OUT_SEED) -> list[ShapesSample]:
 def _held_out(n: int, seed: int) -> tuple[ShapesSample, ...]:
     textures: dict = {}
     return tuple(held_out_scene(np.random.default_rng((seed, i)), textures) for i in range(n))
+
+
+def simple_scene(rng: np.random.Generator) -> ShapesSample:
+    """One scene of the plain held-out set (see the module docstring)."""
+    from PIL import ImageFilter
+
+    h, w = (int(v) for v in rng.integers(128, 321, size=2))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0, 2 * np.pi)
+    t = xx * np.cos(a) + yy * np.sin(a)
+    t = ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]
+    image = rng.uniform(0, 255, 3) * (1 - t) + rng.uniform(0, 255, 3) * t
+    mask = np.zeros((h, w), dtype=np.uint8)
+    placed: list[tuple[float, float, float]] = []
+    boxes, labels = [], []
+    for _ in range(int(rng.integers(2, 6))):
+        for _attempt in range(30):
+            radius = rng.uniform(28, 64) / 2
+            cx, cy = rng.uniform(radius + 1, w - radius - 1), rng.uniform(radius + 1, h - radius - 1)
+            if all(np.hypot(cx - px, cy - py) > radius + pr + 3 for px, py, pr in placed):
+                break
+        else:
+            continue
+        kind = int(rng.integers(1, 4))
+        cover = _coverage(kind, _vertices(kind, rng, radius), radius, cx, cy, h, w)
+        under = image[int(cy), int(cx)]
+        while True:
+            colour = rng.uniform(0, 255, 3)
+            if np.linalg.norm(colour - under) >= 60:
+                break
+        image = image * (1 - cover[..., None]) + colour * cover[..., None]
+        drawn = cover >= 0.5
+        mask[drawn] = kind
+        ys, xs = np.nonzero(drawn)
+        placed.append((cx, cy, radius))
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        labels.append(kind)
+    out = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 1.5))))
+    noisy = np.asarray(out, dtype=np.float32) + rng.normal(0, rng.uniform(4, 15), size=(h, w, 3))
+    return ShapesSample(
+        image=np.clip(noisy, 0, 255).astype(np.uint8),
+        mask=mask,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _simple(n: int, seed: int) -> tuple[ShapesSample, ...]:
+    return tuple(simple_scene(np.random.default_rng((seed, i, 1))) for i in range(n))
+
+
+def make_simple_held_out(n: int, *, seed: int = HELD_OUT_SEED) -> list[ShapesSample]:
+    """``n`` scenes of the plain held-out set; scene ``i`` from its own generator seeded ``(seed, i, 1)`` (never
+    the same stream as :func:`make_held_out`'s). Cached per process like it: do not write to the arrays."""
+    return list(_simple(n, seed))

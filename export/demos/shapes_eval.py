@@ -1,0 +1,50 @@
+"""The four test sets both shapes demos are scored on, and the curriculum's training pool, in one place.
+
+* ``classic``: unseen scenes of the classic generator (:mod:`.shapes`, ``seed=HELD_OUT_SEED``), the demos' first
+  training data: in-domain;
+* ``randomised``: unseen scenes of the randomised training generator (:mod:`.shapes_randomised`) at full
+  difficulty: in-domain;
+* ``held_out``: the separately written generator's scenes (:func:`.shapes_heldout.make_held_out`), each at its
+  own size: never trained on;
+* ``held_out_simple``: its plain set (:func:`.shapes_heldout.make_simple_held_out`), the kind of scene issue 19
+  reported failing: never trained on.
+
+Every scene reaches a model through the service's own pre-processing (resize to the input, [0, 1]), so the
+figures are what ``/detect`` and ``/segment`` answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .shapes import HELD_OUT_SEED, TRAIN_SEED, ShapesSample, make_dataset
+from .shapes_heldout import make_held_out, make_simple_held_out
+from .shapes_randomised import make_randomised
+
+__all__ = ["TEST_SETS", "RANDOMISED_SEED", "test_set", "curriculum_levels"]
+
+TEST_SETS = ("classic", "randomised", "held_out", "held_out_simple")
+RANDOMISED_SEED = TRAIN_SEED + 1000  # the randomised training pool; its test scenes use HELD_OUT_SEED
+
+
+def test_set(name: str, n: int, size: tuple[int, int] = (128, 128)) -> list[ShapesSample]:
+    """``n`` scenes of the test set ``name`` (one of :data:`TEST_SETS`); ``size`` is the input size the in-domain
+    generators draw at (the held-out ones draw at their own sizes)."""
+    if name == "classic":
+        return make_dataset(n, size=size, seed=HELD_OUT_SEED)
+    if name == "randomised":
+        return make_randomised(n, seed=HELD_OUT_SEED, size=size, levels=1.0)
+    if name == "held_out":
+        return make_held_out(n, seed=HELD_OUT_SEED)
+    if name == "held_out_simple":
+        return make_simple_held_out(n, seed=HELD_OUT_SEED)
+    raise ValueError(f"unknown test set {name!r}; one of {', '.join(TEST_SETS)}")
+
+
+test_set.__test__ = False  # not a pytest test
+
+
+def curriculum_levels(n: int) -> np.ndarray:
+    """The pool's difficulty: scene ``i`` of ``n`` at level (i + ½) / n, easy to hard, so a curriculum that draws
+    from a window of indices moving up the pool draws harder scenes as it goes."""
+    return (np.arange(n) + 0.5) / n
