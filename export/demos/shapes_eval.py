@@ -21,7 +21,7 @@ from .shapes import HELD_OUT_SEED, TRAIN_SEED, ShapesSample, make_dataset
 from .shapes_heldout import make_held_out, make_simple_held_out
 from .shapes_randomised import make_randomised
 
-__all__ = ["TEST_SETS", "RANDOMISED_SEED", "test_set", "curriculum_levels"]
+__all__ = ["TEST_SETS", "RANDOMISED_SEED", "CURRICULUM", "test_set", "curriculum_levels", "curriculum_window"]
 
 TEST_SETS = ("classic", "randomised", "held_out", "held_out_simple")
 RANDOMISED_SEED = TRAIN_SEED + 1000  # the randomised training pool; its test scenes use HELD_OUT_SEED
@@ -48,3 +48,21 @@ def curriculum_levels(n: int) -> np.ndarray:
     """The pool's difficulty: scene ``i`` of ``n`` at level (i + ½) / n, easy to hard, so a curriculum that draws
     from a window of indices moving up the pool draws harder scenes as it goes."""
     return (np.arange(n) + 0.5) / n
+
+
+# How the second training stage of both demos draws a batch, in words for their training records.
+CURRICULUM = (
+    "half of a batch at first, a fifth from 60 % on) and shapes_randomised.make_randomised({pool}, seed={seed}) with "
+    "scene i at level (i + 0.5) / {pool}, drawn from a window of 60 % of the pool moving from its easiest scenes to "
+    "its hardest by 60 % of the steps"
+)
+
+
+def curriculum_window(step: int, steps: int, batch_size: int, pool: int) -> tuple[int, int, int]:
+    """Where batch ``step`` of ``steps`` draws from: how many of its ``batch_size`` scenes are classic ones, and the
+    window ``[low, high)`` of the randomised pool's indices the rest come from (see :data:`CURRICULUM`). Both
+    trainers follow one schedule, so their records describe the same thing."""
+    progress = min(1.0, step / (0.6 * steps))
+    n_classic = round(batch_size * (0.5 - 0.3 * progress))
+    top = min(1.0, 0.15 + 0.85 * progress)  # the window over the pool: [top − 0.6, top)
+    return n_classic, int(max(0.0, top - 0.6) * pool), max(1, int(top * pool))

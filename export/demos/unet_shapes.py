@@ -226,7 +226,7 @@ def _fine_tune(
     pool that moves from its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``."""
     import torch
 
-    from .shapes_eval import RANDOMISED_SEED, curriculum_levels, test_set
+    from .shapes_eval import CURRICULUM, RANDOMISED_SEED, curriculum_levels, curriculum_window, test_set
     from .shapes_randomised import make_randomised
 
     size = _spec().input_size
@@ -244,10 +244,7 @@ def _fine_tune(
     total = 0.0
     for step in range(steps):
         model.train()
-        progress = min(1.0, step / (0.6 * steps))
-        n_classic = round(batch_size * (0.5 - 0.3 * progress))
-        top = min(1.0, 0.15 + 0.85 * progress)  # the window over the pool: [top − 0.6, top)
-        low, high = int(max(0.0, top - 0.6) * pool), max(1, int(top * pool))
+        n_classic, low, high = curriculum_window(step, steps, batch_size, pool)
         picked = torch.randint(low, high, (batch_size - n_classic,), generator=generator)
         classic = torch.randint(0, len(classic_x), (n_classic,), generator=generator)
         x, y = _crops(torch.cat([x_all[picked], classic_x[classic]]), torch.cat([y_all[picked], classic_y[classic]]),
@@ -265,10 +262,9 @@ def _fine_tune(
             total = 0.0
     return (
         f"{steps} batches of {batch_size} random {crop}x{crop} windows: classic scenes "
-        f"(shapes.make_dataset({TRAIN_SCENES}, seed={TRAIN_SEED + seed}); half of a batch at first, a fifth from "
-        f"60 % on) and shapes_randomised.make_randomised({pool}, seed={RANDOMISED_SEED + seed}) with scene i at "
-        f"level (i + 0.5) / {pool}, drawn from a window of 60 % of the pool moving from its easiest scenes to its "
-        f"hardest by 60 % of the steps; AdamW one-cycle lr max {lr}"
+        f"(shapes.make_dataset({TRAIN_SCENES}, seed={TRAIN_SEED + seed}); "
+        + CURRICULUM.format(pool=pool, seed=RANDOMISED_SEED + seed)
+        + f"; AdamW one-cycle lr max {lr}"
     )
 
 

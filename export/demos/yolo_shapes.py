@@ -314,7 +314,7 @@ def _fine_tune(model, *, seed: int, steps: int, pool: int, lr: float, eval_every
     its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``."""
     import torch
 
-    from .shapes_eval import RANDOMISED_SEED, curriculum_levels, test_set
+    from .shapes_eval import CURRICULUM, RANDOMISED_SEED, curriculum_levels, curriculum_window, test_set
     from .shapes_randomised import make_randomised
 
     size = _spec().input_size
@@ -332,10 +332,7 @@ def _fine_tune(model, *, seed: int, steps: int, pool: int, lr: float, eval_every
     total = 0.0
     for step in range(steps):
         model.train()
-        progress = min(1.0, step / (0.6 * steps))
-        n_classic = round(BATCH_SIZE * (0.5 - 0.3 * progress))
-        top = min(1.0, 0.15 + 0.85 * progress)  # the window over the pool: [top − 0.6, top)
-        low, high = int(max(0.0, top - 0.6) * pool), max(1, int(top * pool))
+        n_classic, low, high = curriculum_window(step, steps, BATCH_SIZE, pool)
         picked = torch.randint(low, high, (BATCH_SIZE - n_classic,), generator=generator).tolist()
         classic = torch.randint(0, len(classic_truth), (n_classic,), generator=generator).tolist()
         both_pixels = torch.cat([pixels[picked], classic_pixels[classic]])
@@ -356,9 +353,8 @@ def _fine_tune(model, *, seed: int, steps: int, pool: int, lr: float, eval_every
     return (
         f"{steps} batches of {BATCH_SIZE}: classic scenes "
         f"(shapes.make_dataset({TRAIN_IMAGES}, seed={TRAIN_SEED + seed}); "
-        f"half of a batch at first, a fifth from 60 % on) and shapes_randomised.make_randomised({pool}, "
-        f"seed={RANDOMISED_SEED + seed}) with scene i at level (i + 0.5) / {pool}, drawn from a window of 60 % of "
-        f"the pool moving from its easiest scenes to its hardest by 60 % of the steps; AdamW one-cycle lr max {lr}"
+        + CURRICULUM.format(pool=pool, seed=RANDOMISED_SEED + seed)
+        + f"; AdamW one-cycle lr max {lr}"
     )
 
 
