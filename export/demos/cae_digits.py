@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .digits import SEED as SPLIT_SEED
-from .digits import TEST_FRACTION, digit_image, digits_split
+from .digits import TEST_FRACTION, digit_image, digits_split, random_shift
 from .records import write_record
 
 __all__ = [
@@ -171,9 +171,7 @@ def train_cae_digits(
             # Shift the batch by up to ±SHIFT pixels: uploads are not centred like the data set, and without it the
             # network fits the training digits' exact positions, so the 99th-percentile threshold of their errors
             # flags ~16 % of unseen normal digits (~4 % with it; the AUROC hardly moves).
-            padded = F.pad(clean, (SHIFT,) * 4, mode="replicate")
-            dy, dx = torch.randint(0, 2 * SHIFT + 1, (2,), generator=generator).tolist()
-            clean = padded[:, :, dy : dy + clean.shape[-2], dx : dx + clean.shape[-1]]
+            clean = random_shift(clean, SHIFT, generator)
             sigma = torch.rand(len(clean), generator=generator) * MAX_SIGMA
             loss = F.mse_loss(model(add_noise(clean, sigma, generator)), clean)
             optimizer.zero_grad()

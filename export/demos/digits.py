@@ -17,7 +17,7 @@ from PIL import Image
 
 from .records import write_record
 
-__all__ = ["DigitsSplit", "digits_split", "digit_image", "digit_png", "train_lenet5_digits"]
+__all__ = ["DigitsSplit", "digits_split", "digit_image", "digit_png", "random_shift", "train_lenet5_digits"]
 
 SEED = 0
 TEST_FRACTION = 0.25
@@ -64,6 +64,17 @@ def _to_batch(images: np.ndarray) -> np.ndarray:
     return np.stack([preprocess(digit_image(img), pre) for img in images])
 
 
+def random_shift(batch, shift: int, generator):
+    """The digits demos' augmentation: the whole batch moved by up to ±``shift`` pixels each way (edges repeated),
+    because an upload's digit is not centred the way the data set's are."""
+    import torch
+    import torch.nn.functional as F
+
+    padded = F.pad(batch, (shift,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2,), generator=generator).tolist()
+    return padded[:, :, dy : dy + batch.shape[-2], dx : dx + batch.shape[-1]]
+
+
 def train_lenet5_digits(output_dir: Path, *, epochs: int = 30, seed: int = SEED, log=print) -> dict:
     """Train LeNet-5 reproducibly on 2 CPU cores (well under a minute); write safetensors + a JSON record."""
     import torch
@@ -91,10 +102,7 @@ def train_lenet5_digits(output_dir: Path, *, epochs: int = 30, seed: int = SEED,
         total = 0.0
         for i in range(0, n, 64):
             idx = order[i : i + 64]
-            # Augmentation: shift the batch by up to ±2 pixels (digits are not always centred in an upload).
-            padded = F.pad(x_train[idx], (2, 2, 2, 2), mode="replicate")
-            dy, dx = torch.randint(0, 5, (2,), generator=generator).tolist()
-            x = padded[:, :, dy : dy + 32, dx : dx + 32]
+            x = random_shift(x_train[idx], 2, generator)
             loss = F.cross_entropy(model((x - mean) / std), y_train[idx])
             optimizer.zero_grad()
             loss.backward()

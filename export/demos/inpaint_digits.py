@@ -25,7 +25,7 @@ import numpy as np
 
 from .cae_digits import digits_batch
 from .digits import SEED as SPLIT_SEED
-from .digits import TEST_FRACTION, digits_split
+from .digits import TEST_FRACTION, digits_split, random_shift
 from .records import write_record
 
 __all__ = [
@@ -194,9 +194,7 @@ def train_inpaint_digits(output_dir: Path, *, seed: int = 0, log=print, epochs: 
         total = 0.0
         for i in range(0, n, BATCH):
             clean = x_train[order[i : i + BATCH]]
-            padded = F.pad(clean, (SHIFT,) * 4, mode="replicate")
-            dy, dx = torch.randint(0, 2 * SHIFT + 1, (2,), generator=generator).tolist()
-            clean = padded[:, :, dy : dy + clean.shape[-2], dx : dx + clean.shape[-1]]
+            clean = random_shift(clean, SHIFT, generator)
             hole = _random_masks(len(clean), clean.shape[-2:], clean, generator)
             reconstruction = model(torch.cat([clean * (1 - hole), hole], dim=1))
             inside = ((reconstruction - clean) ** 2 * hole).sum() / hole.sum().clamp_min(1.0)
