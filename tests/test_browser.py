@@ -123,9 +123,12 @@ def answer(driver: WebDriver, after: int, timeout: float = 60) -> str:
     """Waits for the first request sent after request number ``after`` to be drawn; its state (done / error)."""
 
     def finished(d: WebDriver) -> str | bool:
-        result = d.find_element(By.ID, "result")
-        state = result.get_attribute("data-state")
-        return state if int(result.get_attribute("data-seq") or 0) > after and state in ("done", "error") else False
+        # Both attributes in one script: read one call apart, the previous answer's state could pair with the next
+        # request's number (the page sets both at once when it sends).
+        seq, state = d.execute_script(
+            "const r = document.getElementById('result'); return [r.dataset.seq || '0', r.dataset.state || ''];"
+        )
+        return state if int(seq) > after and state in ("done", "error") else False
 
     return WebDriverWait(driver, timeout).until(finished)
 

@@ -18,10 +18,12 @@ from cnnserve.models import build_model
 from safetensors.torch import load_file
 
 # The shipped weights (trained on the classic and randomised generators) on make_held_out(300, seed=HELD_OUT_SEED)
-# — the README's figures. Issue 19's goals there (YOLO recall@0.5 ≥ 0.8 with mAP@0.5 ≥ 0.7, U-Net mean IoU ≥ 0.8)
-# are not met yet by these weights.
-YOLO_HELD_OUT = {"map50": 0.361, "recall50": 0.3519, "precision50": 0.6788}
-UNET_HELD_OUT_MIOU = 0.5547
+# and on its plain set make_simple_held_out(300, seed=HELD_OUT_SEED) — the README's figures. Issue 19's goals (YOLO
+# recall@0.5 ≥ 0.8 with mAP@0.5 ≥ 0.7, U-Net mean IoU ≥ 0.8) hold on the plain set, not yet on the main one.
+YOLO_HELD_OUT = {"map50": 0.6292, "recall50": 0.6259, "precision50": 0.7444}
+UNET_HELD_OUT_MIOU = 0.6854
+YOLO_PLAIN = {"map50": 0.8424, "recall50": 0.8563, "precision50": 0.8474}
+UNET_PLAIN_MIOU = 0.9468
 
 
 def test_a_scene_is_its_seed() -> None:
@@ -67,7 +69,8 @@ def test_the_held_out_scenes_are_not_the_training_scenes() -> None:
 
 
 def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
-    """The README's held-out figures are what the shipped weights measure (they fall short of issue 19's goals)."""
+    """The README's held-out figures are what the shipped weights measure: issue 19's goals hold on the plain set
+    (the kind of scene the issue reported failing) and fall short on the main one."""
     import cnnserve.models.unet  # noqa: F401
     import cnnserve.models.yolo  # noqa: F401
     from cnnserve.export.demos.unet_shapes import evaluate_held_out as unet_held_out
@@ -78,7 +81,13 @@ def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
     measured = yolo_held_out(yolo)
     for key, value in YOLO_HELD_OUT.items():
         assert measured[key] == pytest.approx(value, abs=1e-3), (key, measured)
+    plain = yolo_held_out(yolo, name="held_out_simple")
+    for key, value in YOLO_PLAIN.items():
+        assert plain[key] == pytest.approx(value, abs=1e-3), (key, plain)
+    assert plain["recall50"] >= 0.8 and plain["map50"] >= 0.7
     unet = build_model("unet").eval()
     unet.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / "unet.safetensors")), strict=True)
     with torch.no_grad():
         assert unet_held_out(unet)["mean_iou"] == pytest.approx(UNET_HELD_OUT_MIOU, abs=1e-3)
+        plain_miou = unet_held_out(unet, name="held_out_simple")["mean_iou"]
+    assert plain_miou == pytest.approx(UNET_PLAIN_MIOU, abs=1e-3) and plain_miou >= 0.8

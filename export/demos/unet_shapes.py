@@ -37,12 +37,12 @@ HELD_OUT_SCENES = 200  # the classic in-domain test scenes of the first demo
 STEPS = 400
 BATCH = 16
 LEARNING_RATE = 3e-3
-POOL = 6000  # stage 2: randomised scenes
-FINE_TUNE_STEPS = 1500
+POOL = 12000  # stage 2: randomised scenes
+FINE_TUNE_STEPS = 5000
 FINE_TUNE_LR = 1e-3
-CROP = 80
+CROP = 96
 EVAL_SCENES = 300  # the record's test sets
-EVAL_EVERY = 250
+EVAL_EVERY = 500
 
 
 def _spec():
