@@ -108,9 +108,15 @@ def export(
     else:
         raise _fail("give a model NAME or --defaults")
     for model_name, model_weights in jobs:
-        if missing_only and _in_store(store_tag(model_name, precision, input_dtype)):
-            typer.echo(f"{model_name}: already in the store")
-            continue
+        if missing_only:
+            stored = _store_state(
+                store_tag(model_name, precision, input_dtype), demo_of=model_name if model_weights == "demo" else None
+            )
+            if stored == "current":
+                typer.echo(f"{model_name}: already in the store")
+                continue
+            if stored == "stale":
+                typer.echo(f"{model_name}: the store's copy was made from other demo weights; exporting again")
         try:
             result = export_model(
                 model_name,
@@ -137,14 +143,26 @@ def export(
             )
 
 
-def _in_store(name: str) -> bool:
+def _store_state(name: str, *, demo_of: str | None = None) -> str:
+    """``missing`` (no usable entry ``name``), ``stale`` (made from demo weights other than those ``demo_of``
+    ships now: a pull brought new ones, or the entry predates the recorded digest) or ``current``."""
+    import bentoml
+
+    from cnnserve.export.weights import demo_digest
     from cnnserve.service.errors import ModelNotFound
     from cnnserve.service.store import find_entry
 
     try:
-        return find_entry(name).path is not None
+        entry = find_entry(name)
     except ModelNotFound:
-        return False
+        return "missing"
+    if entry.path is None:
+        return "missing"
+    if demo_of is not None and bentoml.models.get(entry.tag).info.metadata.get("weights_sha256") != demo_digest(
+        demo_of
+    ):
+        return "stale"
+    return "current"
 
 
 @app.command()

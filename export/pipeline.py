@@ -30,6 +30,7 @@ from .precision import INPUT_DTYPES, PRECISIONS, make_variant
 from .store import save_to_store
 from .weights import (
     apply_state_dict,
+    demo_digest,
     load_demo,
     load_state_dict_file,
     load_torchvision_state_dict,
@@ -223,6 +224,8 @@ def export_model(
                 "input_dtype": input_dtype,
                 "parity": f"{parity:.6g}",
             }
+            if weights == "demo":
+                store_metadata["weights_sha256"] = demo_digest(spec.name)
             if quality is not None:
                 store_metadata["quality"] = json.dumps(quality)
             saved_tag = save_to_store(

@@ -28,6 +28,7 @@ __all__ = [
     "load_torchvision_state_dict",
     "load_state_dict_file",
     "load_demo",
+    "demo_digest",
     "apply_state_dict",
     "torchvision_spec",
 ]
@@ -116,6 +117,14 @@ def load_demo(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise WeightsError(f"no demo weights for {spec.name}; shipped demo weights: {', '.join(shipped) or 'none'}")
     meta = json.loads(record.read_text()) if record.is_file() else {}
     return load_file(str(weights)), meta
+
+
+def demo_digest(name: str) -> str | None:
+    """sha256 of the demo weights shipped for ``name`` (None when there are none). An export records it in the
+    store, so ``cnnserve export --defaults --missing-only`` (``make serve``) can tell an entry made from the weights
+    of an older checkout and export again, instead of serving them after a pull brought new ones."""
+    path = DEMO_WEIGHTS_DIR / f"{name}.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def apply_state_dict(model: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:

@@ -296,3 +296,24 @@ def test_tune_measures_a_store_model_and_the_service_reads_it(model_store: dict[
     failed = run("tune", str(not_ours), "--profiles", str(profiles), check=False)
     assert failed.returncode == 2 and "error: model 'plain' is not ready" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_missing_only_exports_demos_again_when_their_weights_changed(
+    model_store: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make serve` runs `export --defaults --missing-only`: after a pull brings new demo weights, the store's copy
+    made from the old ones must not count as present."""
+    import bentoml
+    from cnnserve.export import weights
+
+    from cnnserve import cli
+
+    shipped = weights.demo_digest("lenet5")
+    assert shipped is not None and len(shipped) == 64
+    assert bentoml.models.get(model_store["lenet5"]).info.metadata["weights_sha256"] == shipped
+    assert cli._store_state(model_store["lenet5"], demo_of="lenet5") == "current"
+    assert cli._store_state(model_store["resnet18"]) == "current"  # not a demo: any entry counts
+    assert cli._store_state("no_such_model") == "missing"
+    assert cli._store_state(model_store["broken"]) == "current"  # a file is there; serving reports it broken
+    monkeypatch.setattr(weights, "demo_digest", lambda name: "0" * 64)  # the checkout's weights are other ones
+    assert cli._store_state(model_store["lenet5"], demo_of="lenet5") == "stale"
