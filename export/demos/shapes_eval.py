@@ -15,16 +15,34 @@ figures are what ``/detect`` and ``/segment`` answer.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from .shapes import HELD_OUT_SEED, TRAIN_SEED, ShapesSample, make_dataset
 from .shapes_heldout import make_held_out, make_simple_held_out
 from .shapes_randomised import make_randomised
 
-__all__ = ["TEST_SETS", "RANDOMISED_SEED", "CURRICULUM", "test_set", "curriculum_levels", "curriculum_window"]
+__all__ = [
+    "TEST_SETS",
+    "RANDOMISED_SEED",
+    "PHOTO_SEED",
+    "CURRICULUM",
+    "test_set",
+    "curriculum_levels",
+    "curriculum_window",
+    "stage_pool",
+    "stage_window",
+    "stage_description",
+    "earlier_stages",
+]
 
 TEST_SETS = ("classic", "randomised", "held_out", "held_out_simple")
 RANDOMISED_SEED = TRAIN_SEED + 1000  # the randomised training pool; its test scenes use HELD_OUT_SEED
+PHOTO_SEED = TRAIN_SEED + 2000  # stage 3's pool, half of it on photographs
+PHOTO_SHARE = 0.5
+STAGE3_CLASSIC = 1 / 8  # of each stage-3 batch: enough classic scenes that the first demo's kind is not forgotten
 
 
 def test_set(name: str, n: int, size: tuple[int, int] = (128, 128)) -> list[ShapesSample]:
@@ -66,3 +84,43 @@ def curriculum_window(step: int, steps: int, batch_size: int, pool: int) -> tupl
     n_classic = round(batch_size * (0.5 - 0.3 * progress))
     top = min(1.0, 0.15 + 0.85 * progress)  # the window over the pool: [top − 0.6, top)
     return n_classic, int(max(0.0, top - 0.6) * pool), max(1, int(top * pool))
+
+
+STAGE3 = (
+    "{classic} classic scenes per batch and the rest drawn at random from "
+    "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}) with scene i at level "
+    "0.5 + 0.5 (i + 0.5) / {pool} (half of them on crops of photographs)"
+)
+
+
+def stage_pool(stage: int, pool: int, seed: int, size: tuple[int, int], workers: int) -> list[ShapesSample]:
+    """The randomised scenes stage 2 (the curriculum, easy to hard) or stage 3 (the harder half of the range,
+    half of them on photographs: the drawn backgrounds have no real scene's edges and textures) trains on."""
+    if stage == 2:
+        return make_randomised(pool, seed=RANDOMISED_SEED + seed, size=size, levels=curriculum_levels(pool),
+                               workers=workers)  # fmt: skip
+    levels = 0.5 + 0.5 * curriculum_levels(pool)
+    return make_randomised(pool, seed=PHOTO_SEED + seed, size=size, levels=levels, workers=workers, photos=PHOTO_SHARE)
+
+
+def stage_window(stage: int, step: int, steps: int, batch_size: int, pool: int) -> tuple[int, int, int]:
+    """:func:`curriculum_window` for stage 2; stage 3 draws a fixed share of classic scenes and the rest from the
+    whole pool."""
+    if stage == 2:
+        return curriculum_window(step, steps, batch_size, pool)
+    return round(batch_size * STAGE3_CLASSIC), 0, pool
+
+
+def stage_description(stage: int, pool: int, seed: int, batch_size: int) -> str:
+    """How a stage draws its batches, in words for the training records (after the classic scenes' set)."""
+    if stage == 2:
+        return CURRICULUM.format(pool=pool, seed=RANDOMISED_SEED + seed)
+    return STAGE3.format(classic=round(batch_size * STAGE3_CLASSIC), pool=pool, seed=PHOTO_SEED + seed,
+                         photos=PHOTO_SHARE)  # fmt: skip
+
+
+def earlier_stages(weights: Path) -> tuple[str, str]:
+    """Stages 1 and 2 as the record beside ``weights`` (a run's weights after stage 2) describes them, for a
+    record of stage 3 run alone from them."""
+    record = json.loads(weights.with_suffix(".json").read_text())
+    return record["stage1"], record["stage2"]

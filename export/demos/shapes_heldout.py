@@ -3,14 +3,16 @@
 A model scored only on scenes from its own generator is scored on that generator's habits. This one was written
 separately from :mod:`.shapes` (the training generator) and shares none of its drawing code: it rasterises the
 shapes itself with NumPy (each pixel's coverage from 4×4 sub-samples of point-in-shape tests), where the training
-generator uses PIL's ``ImageDraw``; it uses none of the training backgrounds; and it chooses sizes, colours,
+generator uses PIL's ``ImageDraw``; it uses none of the training backgrounds (the training's third stage puts
+some scenes on photographs, but other pictures than :data:`TEXTURES`); and it chooses sizes, colours,
 styles and degradations its own way:
 
 * **scenes** at their own sizes, 96–400 pixels a side, any aspect from 3:5 to 5:3 (the service resizes them to
   the model's input, as it does an upload); the truth is in the scene's own pixels;
 * **backgrounds** the training never shows: crops of real textures from ``skimage.data`` (grass, gravel, brick,
-  the moon, printed text, a cat's fur, a microscope slide, deep sky), tinted; Voronoi mosaics; fractal
-  (1/f) noise; concentric ripples; a few flat regions with straight hard edges; grainy paper with a vignette;
+  the moon, printed text, a cat's fur, a microscope slide, deep sky; pictures the training never sees), tinted;
+  Voronoi mosaics; fractal (1/f) noise; concentric ripples; a few flat regions with straight hard edges; grainy
+  paper with a vignette;
 * **shapes**: circles, squares at any rotation, triangles from three random inner angles (each ≥ 25°); 10–40 %
   of the scene's shorter side across; colours from HSV (pastel to saturated, dark to light), some with little
   contrast; solid, outlined (the mask is the stroke), solid with a dark rim, translucent, or with a drop shadow

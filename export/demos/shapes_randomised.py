@@ -10,7 +10,8 @@ whole range, easy cases included), so training can start where the shipped weigh
   over HTTP;
 * **backgrounds**: flat, linear or radial gradients, blotches (smoothly upsampled random colour grids, one to three
   octaves), sine waves, stripes, checkerboards, speckle; clutter that is not a shape (lines, arcs, specks) and
-  distractors that are not one of the classes (crosses, five-pointed stars, long bars);
+  distractors that are not one of the classes (crosses, five-pointed stars, long bars); and, where a caller asks
+  for them (``photos``, the third training stage), crops of photographs (:data:`PHOTOS`);
 * **shapes**: circles; squares at any rotation; equilateral, isosceles, right and scalene triangles at any rotation
   (no angle under 20°); 8 output pixels across up to 56 % of the shorter side; filled, outlined (the mask is the
   stroke), filled with a border, shaded with a gradient or filled with noise; uniform RGB colours, contrast against
@@ -19,15 +20,17 @@ whole range, easy cases included), so training can start where the shipped weigh
 * **rendering**: hard or anti-aliased edges, brightness / contrast / gamma, grey scenes, Gaussian blur, Gaussian
   noise and JPEG down to quality 20.
 
-It shares no code with the held-out generator (:mod:`.shapes_heldout`), whose backgrounds (photographic textures,
-Voronoi mosaics, 1/f noise, ripples, hard-edged regions, paper), colours (HSV), styles (translucent, drop shadows,
-rims) and degradations (box and motion blur, shot and salt-and-pepper noise, colour casts, WebP) it never draws.
+It shares no code with the held-out generator (:mod:`.shapes_heldout`), whose backgrounds (Voronoi mosaics, 1/f
+noise, ripples, hard-edged regions, paper), colours (HSV), styles (translucent, drop shadows, rims) and
+degradations (box and motion blur, shot and salt-and-pepper noise, colour casts, WebP) it never draws. Its photographs
+are a kind the held-out set has too (its crops of textures), but never the same pictures: the two lists share none.
 A data set is its seed: scene ``i`` of ``make_randomised(n, seed=s, levels=...)`` comes from its own generator
 seeded ``(s, i)``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -37,10 +40,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .shapes import ShapesSample, resize_sample
 
-__all__ = ["MIN_VISIBLE", "make_randomised_sample", "make_randomised"]
+__all__ = ["MIN_VISIBLE", "PHOTOS", "make_randomised_sample", "make_randomised"]
 
 MIN_VISIBLE = 0.6  # of a shape's own pixels, after overlaps and the border: else it is not placed
 LUMA = np.array([0.299, 0.587, 0.114])
+# Photographs that ship with scikit-learn and scikit-image (no download), none of them in the held-out generator's
+# TEXTURES; none shows a large circle, square or triangle that a crop would teach to be background.
+PHOTOS = ("sklearn:china.jpg", "sklearn:flower.jpg", "skimage:astronaut", "skimage:camera", "skimage:rocket")
 
 
 # --- backgrounds ---------------------------------------------------------------------------------------------------
@@ -75,7 +81,42 @@ def _blotches(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return out / sum(weights)
 
 
-def _background(rng: np.random.Generator, h: int, w: int, level: float) -> np.ndarray:
+@functools.lru_cache(maxsize=len(PHOTOS))
+def _photo_pixels(name: str) -> np.ndarray:
+    source, item = name.split(":")
+    if source == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        pixels = load_sample_image(item)
+    else:
+        import skimage.data
+
+        pixels = getattr(skimage.data, item)()
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return np.asarray(pixels, dtype=np.uint8)
+
+
+def _photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A crop of one of the :data:`PHOTOS` at a random zoom, mirrored or not, with its colours shifted: real
+    scenes' edges, corners and textures, which the drawn backgrounds lack."""
+    src = _photo_pixels(str(rng.choice(PHOTOS)))
+    zoom = float(np.exp(rng.uniform(np.log(0.25), np.log(1.0))))
+    ch, cw = max(8, int(src.shape[0] * zoom)), max(8, int(src.shape[1] * zoom))
+    ch, cw = min(ch, src.shape[0]), min(cw, int(ch * w / h), src.shape[1])
+    y, x = int(rng.integers(0, src.shape[0] - ch + 1)), int(rng.integers(0, src.shape[1] - cw + 1))
+    crop = Image.fromarray(src[y : y + ch, x : x + cw])
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out = np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    if rng.random() < 0.5:  # another palette: mix the channels
+        out = out @ rng.dirichlet(np.ones(3), size=3).T
+    return out * rng.uniform(0.6, 1.2) + rng.uniform(-40, 40, 3)
+
+
+def _background(rng: np.random.Generator, h: int, w: int, level: float, photos: float = 0.0) -> np.ndarray:
+    if photos > 0 and rng.random() < photos:  # no draw at photos=0: the stage-2 pool is the same as before photos
+        return np.clip(_photo(rng, h, w), 0, 255)
     kinds = ["flat", "gradient", "blotches"]
     kind = str(rng.choice(kinds, p=[0.2, 0.8 - 0.4 * level, 0.4 * level]))
     if kind == "flat":
@@ -256,17 +297,22 @@ def _finish(rng: np.random.Generator, canvas: np.ndarray, level: float) -> np.nd
 
 
 def make_randomised_sample(
-    rng: np.random.Generator, size: tuple[int, int] = (128, 128), *, level: float = 1.0, max_shapes: int = 6
+    rng: np.random.Generator,
+    size: tuple[int, int] = (128, 128),
+    *,
+    level: float = 1.0,
+    max_shapes: int = 6,
+    photos: float = 0.0,
 ) -> ShapesSample:
     """One scene of 1..``max_shapes`` shapes at difficulty ``level`` (0–1), drawn on its own canvas and resized
-    to ``size`` (H, W)."""
+    to ``size`` (H, W); with probability ``photos`` on a crop of a photograph."""
     out_h, out_w = size
     scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.0 + 1.5 * level))))
     aspect = float(np.exp(rng.uniform(-0.58, 0.58) * level)) if rng.random() < 0.6 else 1.0
     h, w = max(24, round(out_h * scale * np.sqrt(aspect))), max(24, round(out_w * scale / np.sqrt(aspect)))
     short = min(h, w)
     supersample = 3 if rng.random() < 0.5 else 1  # anti-aliased edges, or hard ones
-    background = _background(rng, h, w, level)
+    background = _background(rng, h, w, level, photos)
     image = Image.fromarray(background.astype(np.uint8))
     draw = ImageDraw.Draw(image)
     if rng.random() < 0.5 * level:
@@ -342,9 +388,9 @@ def make_randomised_sample(
     return resize_sample(sample, size)
 
 
-def _scene(job: tuple[int, int, tuple[int, int], float]) -> ShapesSample:
-    seed, index, size, level = job
-    return make_randomised_sample(np.random.default_rng((seed, index)), size, level=level)
+def _scene(job: tuple[int, int, tuple[int, int], float, float]) -> ShapesSample:
+    seed, index, size, level, photos = job
+    return make_randomised_sample(np.random.default_rng((seed, index)), size, level=level, photos=photos)
 
 
 def make_randomised(
@@ -354,13 +400,15 @@ def make_randomised(
     size: tuple[int, int] = (128, 128),
     levels: float | Sequence[float] = 1.0,
     workers: int = 1,
+    photos: float = 0.0,
 ) -> list[ShapesSample]:
     """``n`` scenes at ``size``; scene ``i`` is drawn at ``levels[i]`` (or one level for all) from its own
-    generator seeded ``(seed, i)``, so ``workers`` processes draw the same scenes as one."""
+    generator seeded ``(seed, i)``, so ``workers`` processes draw the same scenes as one. ``photos``: the share
+    of scenes drawn on a photograph."""
     per_scene = [float(levels)] * n if np.isscalar(levels) else [float(v) for v in levels]
     if len(per_scene) != n:
         raise ValueError(f"{len(per_scene)} levels for {n} scenes")
-    jobs = [(seed, i, tuple(size), per_scene[i]) for i in range(n)]
+    jobs = [(seed, i, tuple(size), per_scene[i], photos) for i in range(n)]
     if workers <= 1 or n < 4 * workers:
         return [_scene(job) for job in jobs]
     import multiprocessing

@@ -43,6 +43,9 @@ FINE_TUNE_LR = 1e-3
 CROP = 96
 EVAL_SCENES = 300  # the record's test sets
 EVAL_EVERY = 500
+PHOTO_POOL = 6000  # stage 3: harder randomised scenes, half on photographs
+PHOTO_STEPS = 3000
+PHOTO_LR = 5e-4
 
 
 def _spec():
@@ -219,32 +222,32 @@ def _train_classic(model, *, seed: int, steps: int, batch_size: int, scenes: int
 
 def _fine_tune(
     model, *, seed: int, steps: int, batch_size: int, pool: int, crop: int, lr: float, eval_every: int, workers: int,
-    log, clock,
+    log, clock, stage: int = 2,
 ) -> str:  # fmt: skip
     """Stage 2, the curriculum: ``steps`` batches of ``crop``×``crop`` windows mixing classic scenes (half of each
     batch at first, a fifth from 60 % of the way on) with scenes of the randomised pool, drawn from a window of the
-    pool that moves from its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``."""
+    pool that moves from its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``.
+    Stage 3, the same loop on another pool (:func:`.shapes_eval.stage_pool`: harder scenes, half on photographs)
+    drawn whole, an eighth of each batch classic."""
     import torch
 
-    from .shapes_eval import CURRICULUM, RANDOMISED_SEED, curriculum_levels, curriculum_window, test_set
-    from .shapes_randomised import make_randomised
+    from .shapes_eval import stage_description, stage_pool, stage_window, test_set
 
     size = _spec().input_size
     classic_x, classic_y = _pixels(make_dataset(TRAIN_SCENES, seed=TRAIN_SEED + seed, size=size))
-    levels = curriculum_levels(pool)
-    scenes = make_randomised(pool, seed=RANDOMISED_SEED + seed, size=size, levels=levels, workers=workers)
+    scenes = stage_pool(stage, pool, seed, size, workers)
     x_all, y_all = _pixels(scenes)
     del scenes
-    log(f"stage 2: {pool} randomised scenes drawn ({clock()})")
+    log(f"stage {stage}: {pool} randomised scenes drawn ({clock()})")
     watch = {name: test_set(name, 100, size) for name in ("classic", "randomised", "held_out")}
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed + 1)
+    generator = torch.Generator().manual_seed(seed + stage - 1)
     total = 0.0
     for step in range(steps):
         model.train()
-        n_classic, low, high = curriculum_window(step, steps, batch_size, pool)
+        n_classic, low, high = stage_window(stage, step, steps, batch_size, pool)
         picked = torch.randint(low, high, (batch_size - n_classic,), generator=generator)
         classic = torch.randint(0, len(classic_x), (n_classic,), generator=generator)
         x, y = _crops(torch.cat([x_all[picked], classic_x[classic]]), torch.cat([y_all[picked], classic_y[classic]]),
@@ -258,12 +261,13 @@ def _fine_tune(
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             seen = {name: evaluate(model, samples) for name, samples in watch.items()}
             figures = ", ".join(f"{k} mIoU {v['mean_iou']:.3f}" for k, v in seen.items())
-            log(f"stage 2, step {step + 1}/{steps}: loss {total / eval_every:.3f}; {figures} (100 scenes; {clock()})")
+            loss_now = total / eval_every
+            log(f"stage {stage}, step {step + 1}/{steps}: loss {loss_now:.3f}; {figures} (100 scenes; {clock()})")
             total = 0.0
     return (
         f"{steps} batches of {batch_size} random {crop}x{crop} windows: classic scenes "
         f"(shapes.make_dataset({TRAIN_SCENES}, seed={TRAIN_SEED + seed}); "
-        + CURRICULUM.format(pool=pool, seed=RANDOMISED_SEED + seed)
+        + stage_description(stage, pool, seed, batch_size)
         + f"; AdamW one-cycle lr max {lr}"
     )
 
@@ -282,11 +286,18 @@ def train_unet_shapes(
     eval_scenes: int = EVAL_SCENES,
     eval_every: int = EVAL_EVERY,
     workers: int | None = None,
+    photo_steps: int = PHOTO_STEPS,
+    photo_pool: int = PHOTO_POOL,
+    photo_lr: float = PHOTO_LR,
+    after_stage2: Path | None = None,
 ) -> dict:
-    """Train the ``unet`` demo reproducibly on CPU cores in two stages; write ``unet.safetensors`` + ``unet.json``.
+    """Train the ``unet`` demo reproducibly on CPU cores in three stages; write ``unet.safetensors`` + ``unet.json``.
 
     Stage 1 is the first demo's recipe on the classic scenes, from random weights (``init``, weights to start
-    stage 2 from, skips it); stage 2 fine-tunes on the curriculum (:func:`_fine_tune`). One intra-op thread: the
+    stage 2 from, skips it); stage 2 fine-tunes on the curriculum (:func:`_fine_tune`); stage 3 goes on with
+    harder scenes, half of them on photographs (``photo_steps=0`` leaves it out). ``after_stage2``: the weights a
+    run's stage 2 ended with (their record beside them), to run stage 3 alone; every stage starts its own random
+    streams, so that gives the weights of the whole run. One intra-op thread: the
     same arithmetic, so the same weights, on any machine with this torch, and on a shared machine faster than
     threads that wait for each other. The record holds the four test sets' figures (:mod:`.shapes_eval`) and no
     timings (it is committed; timings go to the log).
@@ -297,7 +308,7 @@ def train_unet_shapes(
     from cnnserve.models import build_model
     from safetensors.torch import load_file, save_file
 
-    from .shapes_eval import TEST_SETS, test_set
+    from .shapes_eval import TEST_SETS, earlier_stages, test_set
 
     start = time.perf_counter()
 
@@ -310,18 +321,26 @@ def train_unet_shapes(
         torch.manual_seed(seed)
         # channels_last: faster convolutions on CPU; the weights (and the exported graph) do not depend on it.
         model = build_model("unet").to(memory_format=torch.channels_last)
-        if init is None:
-            stage1 = _train_classic(
-                model, seed=seed, steps=STEPS, batch_size=BATCH, scenes=TRAIN_SCENES, lr=LEARNING_RATE, log=log,
-                clock=clock,
-            )  # fmt: skip
-        else:
-            model.load_state_dict(load_file(str(init)), strict=True)
-            stage1 = f"skipped: started from {Path(init).name}"
         workers = workers or min(4, os.cpu_count() or 1)
-        stage2 = _fine_tune(
-            model, seed=seed, steps=steps, batch_size=batch_size, pool=pool, crop=crop, lr=lr, eval_every=eval_every,
-            workers=workers, log=log, clock=clock,
+        if after_stage2 is not None:
+            model.load_state_dict(load_file(str(after_stage2)), strict=True)
+            stage1, stage2 = earlier_stages(Path(after_stage2))
+        else:
+            if init is None:
+                stage1 = _train_classic(
+                    model, seed=seed, steps=STEPS, batch_size=BATCH, scenes=TRAIN_SCENES, lr=LEARNING_RATE, log=log,
+                    clock=clock,
+                )  # fmt: skip
+            else:
+                model.load_state_dict(load_file(str(init)), strict=True)
+                stage1 = f"skipped: started from {Path(init).name}"
+            stage2 = _fine_tune(
+                model, seed=seed, steps=steps, batch_size=batch_size, pool=pool, crop=crop, lr=lr,
+                eval_every=eval_every, workers=workers, log=log, clock=clock,
+            )  # fmt: skip
+        stage3 = "none" if photo_steps <= 0 else _fine_tune(
+            model, seed=seed, steps=photo_steps, batch_size=batch_size, pool=photo_pool, crop=crop, lr=photo_lr,
+            eval_every=eval_every, workers=workers, log=log, clock=clock, stage=3,
         )  # fmt: skip
         model = model.to(memory_format=torch.contiguous_format).eval()
         size = _spec().input_size
@@ -338,6 +357,7 @@ def train_unet_shapes(
         "base_width": model.inc.block[0].out_channels,
         "stage1": stage1,
         "stage2": stage2,
+        "stage3": stage3,
         "loss": "cross-entropy + soft Dice (mean over the 4 classes)",
         "augmentation": "random 90-degree rotation and flip per batch",
         "seed": seed,

@@ -1,0 +1,92 @@
+"""The randomised training generator of the shapes demos and the training stages that draw from it.
+
+``export/demos/shapes_randomised.py`` makes the scenes stages 2 and 3 of both shapes demos train on; what the
+demos learn is only as true as its masks and boxes, and a retraining reproduces the shipped weights only if a
+scene is its seed (in one process or several).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cnnserve.export.demos import shapes_randomised
+from cnnserve.export.demos.shapes import CLASSES
+from cnnserve.export.demos.shapes_eval import curriculum_window, stage_description, stage_pool, stage_window
+from cnnserve.export.demos.shapes_heldout import TEXTURES
+from cnnserve.export.demos.shapes_randomised import PHOTOS, make_randomised, make_randomised_sample
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("image", "mask", "boxes", "labels"))
+
+
+def test_a_scene_is_its_seed_in_one_process_or_several() -> None:
+    one = make_randomised(8, seed=3, levels=np.linspace(0, 1, 8), photos=0.5)
+    several = make_randomised(8, seed=3, levels=np.linspace(0, 1, 8), photos=0.5, workers=2)
+    assert all(_same(a, b) for a, b in zip(one, several, strict=True))
+    other = make_randomised(8, seed=4, levels=np.linspace(0, 1, 8), photos=0.5)
+    assert not any(np.array_equal(a.image, b.image) for a, b in zip(one, other, strict=True))
+
+
+@pytest.mark.parametrize("photos", [0.0, 1.0])
+def test_masks_and_boxes_describe_the_drawn_shapes(photos: float) -> None:
+    for i in range(16):
+        sample = make_randomised_sample(np.random.default_rng((11, i)), (128, 128), level=1.0, photos=photos)
+        assert sample.image.shape == (128, 128, 3) and sample.image.dtype == np.uint8
+        assert len(sample.boxes) == len(sample.labels)
+        assert set(np.unique(sample.mask).tolist()) <= {0, *sample.labels.tolist()}
+        assert set(sample.labels.tolist()) <= set(range(1, len(CLASSES)))
+        for box, label in zip(sample.boxes, sample.labels, strict=True):
+            x1, y1, x2, y2 = box
+            assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128
+            # Some pixels of the object's class lie in its box (the box was taken before the resize, so its
+            # edges are not exact pixel rows here).
+            assert (sample.mask[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] == label).any()
+
+
+def test_photos_ship_with_the_packages_and_are_not_the_held_out_textures() -> None:
+    """Training on a held-out picture would make the held-out figures a measure of memory."""
+    for name in PHOTOS:
+        pixels = shapes_randomised._photo_pixels(name)  # no download: offline machines train too
+        assert pixels.ndim == 3 and pixels.shape[2] == 3 and min(pixels.shape[:2]) >= 256
+        assert name.split(":")[1] not in TEXTURES
+    assert "skimage:chelsea" not in PHOTOS and "skimage:cat" not in PHOTOS  # chelsea is a held-out texture
+
+
+def test_photos_change_only_the_background_share_asked_for() -> None:
+    """``photos=0`` draws nothing more from a scene's generator than before the option existed (stage 2's pool,
+    and so the weights it trains, stay what they were); ``photos=1`` puts every scene on a photograph."""
+    calls = []
+    original = shapes_randomised._photo
+    shapes_randomised._photo = lambda rng, h, w: calls.append((h, w)) or original(rng, h, w)
+    try:
+        make_randomised(6, seed=1, levels=1.0, photos=0.0)
+        assert calls == []
+        make_randomised(6, seed=1, levels=1.0, photos=1.0)
+        assert len(calls) == 6
+    finally:
+        shapes_randomised._photo = original
+
+
+def test_stage_two_is_the_curriculum_and_stage_three_draws_the_whole_pool() -> None:
+    steps, batch, pool = 1000, 32, 6000
+    assert [stage_window(2, s, steps, batch, pool) for s in (0, 300, 999)] == [
+        curriculum_window(s, steps, batch, pool) for s in (0, 300, 999)
+    ]
+    first, last = curriculum_window(0, steps, batch, pool), curriculum_window(999, steps, batch, pool)
+    assert first[0] == batch // 2 and last[0] == round(batch * 0.2)  # half classic at first, a fifth at the end
+    assert first[1] == 0 and last[2] == pool and last[1] > first[1]  # the window moves up the pool
+    assert {stage_window(3, s, steps, batch, pool) for s in (0, 500, 999)} == {(4, 0, pool)}
+    assert "photos=0.5" in stage_description(3, pool, 0, batch)
+    assert stage_description(2, pool, 0, batch) != stage_description(3, pool, 0, batch)
+
+
+def test_stage_three_pool_is_harder_and_half_on_photographs() -> None:
+    calls = []
+    original = shapes_randomised._photo
+    shapes_randomised._photo = lambda rng, h, w: calls.append((h, w)) or original(rng, h, w)
+    try:
+        scenes = stage_pool(3, 40, 0, (128, 128), workers=1)
+    finally:
+        shapes_randomised._photo = original
+    assert len(scenes) == 40 and 10 <= len(calls) <= 30  # about half of 40
