@@ -35,7 +35,7 @@ __all__ = [
     "stage_pool",
     "stage_window",
     "stage_description",
-    "earlier_stages",
+    "resume_after_stage2",
 ]
 
 TEST_SETS = ("classic", "randomised", "held_out", "held_out_simple")
@@ -119,8 +119,11 @@ def stage_description(stage: int, pool: int, seed: int, batch_size: int) -> str:
                          photos=PHOTO_SHARE)  # fmt: skip
 
 
-def earlier_stages(weights: Path) -> tuple[str, str]:
-    """Stages 1 and 2 as the record beside ``weights`` (a run's weights after stage 2) describes them, for a
-    record of stage 3 run alone from them."""
+def resume_after_stage2(model, weights: Path) -> tuple[str, str]:
+    """Load ``weights`` (a run's weights after stage 2) into ``model``; return stages 1 and 2 as the record beside
+    them describes them, for the record of stage 3 run alone from them."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(weights)), strict=True)
     record = json.loads(weights.with_suffix(".json").read_text())
     return record["stage1"], record["stage2"]

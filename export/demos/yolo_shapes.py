@@ -403,7 +403,7 @@ def train_yolo_shapes(
     from cnnserve.models import build_model
     from safetensors.torch import load_file, save_file
 
-    from .shapes_eval import TEST_SETS, earlier_stages, test_set
+    from .shapes_eval import TEST_SETS, resume_after_stage2, test_set
 
     start = time.perf_counter()
 
@@ -417,8 +417,7 @@ def train_yolo_shapes(
         model = build_model(MODEL)
         workers = workers or min(4, os.cpu_count() or 1)
         if after_stage2 is not None:
-            model.load_state_dict(load_file(str(after_stage2)), strict=True)
-            stage1, stage2 = earlier_stages(Path(after_stage2))
+            stage1, stage2 = resume_after_stage2(model, Path(after_stage2))
         else:
             if init is None:
                 stage1 = _train_classic(
