@@ -146,8 +146,6 @@ def export(
 def _store_state(name: str, *, demo_of: str | None = None) -> str:
     """``missing`` (no usable entry ``name``), ``stale`` (made from demo weights other than those ``demo_of``
     ships now: a pull brought new ones, or the entry predates the recorded digest) or ``current``."""
-    import bentoml
-
     from cnnserve.export.weights import demo_digest
     from cnnserve.service.errors import ModelNotFound
     from cnnserve.service.store import find_entry
@@ -158,9 +156,7 @@ def _store_state(name: str, *, demo_of: str | None = None) -> str:
         return "missing"
     if entry.path is None:
         return "missing"
-    if demo_of is not None and bentoml.models.get(entry.tag).info.metadata.get("weights_sha256") != demo_digest(
-        demo_of
-    ):
+    if demo_of is not None and entry.weights_sha256 != demo_digest(demo_of):
         return "stale"
     return "current"
 

@@ -25,13 +25,15 @@ class StoreEntry:
     name: str
     path: Path | None  # the ONNX file, None when the entry is broken
     error: str | None = None
+    weights_sha256: str | None = None  # of the demo weights it was exported from (none for other weights)
 
 
 def _entry(model: bentoml.Model) -> StoreEntry:
     filename = model.info.metadata.get("onnx_file")
     if not filename:
         return StoreEntry(str(model.tag), model.tag.name, None, "store entry has no onnx_file metadata")
-    return StoreEntry(str(model.tag), model.tag.name, Path(model.path_of(filename)))
+    digest = model.info.metadata.get("weights_sha256")
+    return StoreEntry(str(model.tag), model.tag.name, Path(model.path_of(filename)), weights_sha256=digest)
 
 
 def find_entry(tag: str) -> StoreEntry:
