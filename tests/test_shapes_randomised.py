@@ -11,9 +11,18 @@ import numpy as np
 import pytest
 from cnnserve.export.demos import shapes_randomised
 from cnnserve.export.demos.shapes import CLASSES
-from cnnserve.export.demos.shapes_eval import curriculum_window, stage_description, stage_pool, stage_window
+from cnnserve.export.demos.shapes_eval import STAGES, curriculum_window
 from cnnserve.export.demos.shapes_heldout import TEXTURES
 from cnnserve.export.demos.shapes_randomised import PHOTOS, make_randomised, make_randomised_sample
+
+
+@pytest.fixture
+def photo_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (height, width) of every photograph background drawn while the test runs (in this process)."""
+    calls: list[tuple[int, int]] = []
+    original = shapes_randomised._photo
+    monkeypatch.setattr(shapes_randomised, "_photo", lambda rng, h, w: calls.append((h, w)) or original(rng, h, w))
+    return calls
 
 
 def _same(a, b) -> bool:
@@ -53,40 +62,28 @@ def test_photos_ship_with_the_packages_and_are_not_the_held_out_textures() -> No
     assert "skimage:chelsea" not in PHOTOS and "skimage:cat" not in PHOTOS  # chelsea is a held-out texture
 
 
-def test_photos_change_only_the_background_share_asked_for() -> None:
+def test_photos_change_only_the_background_share_asked_for(photo_calls: list) -> None:
     """``photos=0`` draws nothing more from a scene's generator than before the option existed (stage 2's pool,
     and so the weights it trains, stay what they were); ``photos=1`` puts every scene on a photograph."""
-    calls = []
-    original = shapes_randomised._photo
-    shapes_randomised._photo = lambda rng, h, w: calls.append((h, w)) or original(rng, h, w)
-    try:
-        make_randomised(6, seed=1, levels=1.0, photos=0.0)
-        assert calls == []
-        make_randomised(6, seed=1, levels=1.0, photos=1.0)
-        assert len(calls) == 6
-    finally:
-        shapes_randomised._photo = original
+    make_randomised(6, seed=1, levels=1.0, photos=0.0)
+    assert photo_calls == []
+    make_randomised(6, seed=1, levels=1.0, photos=1.0)
+    assert len(photo_calls) == 6
 
 
 def test_stage_two_is_the_curriculum_and_stage_three_draws_the_whole_pool() -> None:
     steps, batch, pool = 1000, 32, 6000
-    assert [stage_window(2, s, steps, batch, pool) for s in (0, 300, 999)] == [
+    assert [STAGES[2].window(s, steps, batch, pool) for s in (0, 300, 999)] == [
         curriculum_window(s, steps, batch, pool) for s in (0, 300, 999)
     ]
     first, last = curriculum_window(0, steps, batch, pool), curriculum_window(999, steps, batch, pool)
     assert first[0] == batch // 2 and last[0] == round(batch * 0.2)  # half classic at first, a fifth at the end
     assert first[1] == 0 and last[2] == pool and last[1] > first[1]  # the window moves up the pool
-    assert {stage_window(3, s, steps, batch, pool) for s in (0, 500, 999)} == {(4, 0, pool)}
-    assert "photos=0.5" in stage_description(3, pool, 0, batch)
-    assert stage_description(2, pool, 0, batch) != stage_description(3, pool, 0, batch)
+    assert {STAGES[3].window(s, steps, batch, pool) for s in (0, 500, 999)} == {(4, 0, pool)}
+    assert "photos=0.5" in STAGES[3].describe(pool, 0, batch)
+    assert STAGES[2].describe(pool, 0, batch) != STAGES[3].describe(pool, 0, batch)
 
 
-def test_stage_three_pool_is_harder_and_half_on_photographs() -> None:
-    calls = []
-    original = shapes_randomised._photo
-    shapes_randomised._photo = lambda rng, h, w: calls.append((h, w)) or original(rng, h, w)
-    try:
-        scenes = stage_pool(3, 40, 0, (128, 128), workers=1)
-    finally:
-        shapes_randomised._photo = original
-    assert len(scenes) == 40 and 10 <= len(calls) <= 30  # about half of 40
+def test_stage_three_pool_is_harder_and_half_on_photographs(photo_calls: list) -> None:
+    scenes = STAGES[3].pool(40, 0, (128, 128), workers=1)
+    assert len(scenes) == 40 and 10 <= len(photo_calls) <= 30  # about half of 40

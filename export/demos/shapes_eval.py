@@ -16,6 +16,7 @@ figures are what ``/detect`` and ``/segment`` answer.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,8 @@ __all__ = [
     "test_set",
     "curriculum_levels",
     "curriculum_window",
-    "stage_pool",
-    "stage_window",
-    "stage_description",
+    "FineTuneStage",
+    "STAGES",
     "resume_after_stage2",
 ]
 
@@ -93,30 +93,39 @@ STAGE3 = (
 )
 
 
-def stage_pool(stage: int, pool: int, seed: int, size: tuple[int, int], workers: int) -> list[ShapesSample]:
-    """The randomised scenes stage 2 (the curriculum, easy to hard) or stage 3 (the harder half of the range,
-    half of them on photographs: the drawn backgrounds have no real scene's edges and textures) trains on."""
-    if stage == 2:
-        return make_randomised(pool, seed=RANDOMISED_SEED + seed, size=size, levels=curriculum_levels(pool),
-                               workers=workers)  # fmt: skip
-    levels = 0.5 + 0.5 * curriculum_levels(pool)
-    return make_randomised(pool, seed=PHOTO_SEED + seed, size=size, levels=levels, workers=workers, photos=PHOTO_SHARE)
+@dataclass(frozen=True)
+class FineTuneStage:
+    """How a fine-tuning stage of both shapes trainers draws its batches: its randomised pool and the classic
+    scenes in each batch. Stage 2 is the curriculum (easy to hard, a moving window); stage 3 the harder half of the
+    range, half on photographs (the drawn backgrounds have no real scene's edges and textures), drawn whole."""
+
+    seed: int  # the pool's seed, before the run's own seed is added
+    lowest_level: float  # scene i of n at level lowest + (1 − lowest)(i + ½)/n
+    photos: float  # the share of the pool drawn on photographs
+    classic_share: float | None  # of each batch; None: the curriculum's moving window (curriculum_window)
+    text: str  # for the records: a format string of pool, seed, classic, photos
+
+    def pool(self, n: int, seed: int, size: tuple[int, int], workers: int) -> list[ShapesSample]:
+        levels = self.lowest_level + (1 - self.lowest_level) * curriculum_levels(n)
+        return make_randomised(n, seed=self.seed + seed, size=size, levels=levels, workers=workers,
+                               photos=self.photos)  # fmt: skip
+
+    def window(self, step: int, steps: int, batch_size: int, n: int) -> tuple[int, int, int]:
+        """How many of batch ``step``'s scenes are classic ones, and the window ``[low, high)`` of the pool the
+        rest come from."""
+        if self.classic_share is None:
+            return curriculum_window(step, steps, batch_size, n)
+        return round(batch_size * self.classic_share), 0, n
+
+    def describe(self, n: int, seed: int, batch_size: int) -> str:
+        classic = None if self.classic_share is None else round(batch_size * self.classic_share)
+        return self.text.format(pool=n, seed=self.seed + seed, classic=classic, photos=self.photos)
 
 
-def stage_window(stage: int, step: int, steps: int, batch_size: int, pool: int) -> tuple[int, int, int]:
-    """:func:`curriculum_window` for stage 2; stage 3 draws a fixed share of classic scenes and the rest from the
-    whole pool."""
-    if stage == 2:
-        return curriculum_window(step, steps, batch_size, pool)
-    return round(batch_size * STAGE3_CLASSIC), 0, pool
-
-
-def stage_description(stage: int, pool: int, seed: int, batch_size: int) -> str:
-    """How a stage draws its batches, in words for the training records (after the classic scenes' set)."""
-    if stage == 2:
-        return CURRICULUM.format(pool=pool, seed=RANDOMISED_SEED + seed)
-    return STAGE3.format(classic=round(batch_size * STAGE3_CLASSIC), pool=pool, seed=PHOTO_SEED + seed,
-                         photos=PHOTO_SHARE)  # fmt: skip
+STAGES = {
+    2: FineTuneStage(RANDOMISED_SEED, lowest_level=0.0, photos=0.0, classic_share=None, text=CURRICULUM),
+    3: FineTuneStage(PHOTO_SEED, lowest_level=0.5, photos=PHOTO_SHARE, classic_share=STAGE3_CLASSIC, text=STAGE3),
+}
 
 
 def resume_after_stage2(model, weights: Path) -> tuple[str, str]:

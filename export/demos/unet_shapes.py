@@ -227,15 +227,16 @@ def _fine_tune(
     """Stage 2, the curriculum: ``steps`` batches of ``crop``×``crop`` windows mixing classic scenes (half of each
     batch at first, a fifth from 60 % of the way on) with scenes of the randomised pool, drawn from a window of the
     pool that moves from its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``.
-    Stage 3, the same loop on another pool (:func:`.shapes_eval.stage_pool`: harder scenes, half on photographs)
+    Stage 3, the same loop on another pool (:data:`.shapes_eval.STAGES`: harder scenes, half on photographs)
     drawn whole, an eighth of each batch classic."""
     import torch
 
-    from .shapes_eval import stage_description, stage_pool, stage_window, test_set
+    from .shapes_eval import STAGES, test_set
 
     size = _spec().input_size
     classic_x, classic_y = _pixels(make_dataset(TRAIN_SCENES, seed=TRAIN_SEED + seed, size=size))
-    scenes = stage_pool(stage, pool, seed, size, workers)
+    plan = STAGES[stage]
+    scenes = plan.pool(pool, seed, size, workers)
     x_all, y_all = _pixels(scenes)
     del scenes
     log(f"stage {stage}: {pool} randomised scenes drawn ({clock()})")
@@ -247,7 +248,7 @@ def _fine_tune(
     total = 0.0
     for step in range(steps):
         model.train()
-        n_classic, low, high = stage_window(stage, step, steps, batch_size, pool)
+        n_classic, low, high = plan.window(step, steps, batch_size, pool)
         picked = torch.randint(low, high, (batch_size - n_classic,), generator=generator)
         classic = torch.randint(0, len(classic_x), (n_classic,), generator=generator)
         x, y = _crops(torch.cat([x_all[picked], classic_x[classic]]), torch.cat([y_all[picked], classic_y[classic]]),
@@ -267,7 +268,7 @@ def _fine_tune(
     return (
         f"{steps} batches of {batch_size} random {crop}x{crop} windows: classic scenes "
         f"(shapes.make_dataset({TRAIN_SCENES}, seed={TRAIN_SEED + seed}); "
-        + stage_description(stage, pool, seed, batch_size)
+        + plan.describe(pool, seed, batch_size)
         + f"; AdamW one-cycle lr max {lr}"
     )
 

@@ -320,15 +320,16 @@ def _fine_tune(
     """Stage 2, the curriculum: ``steps`` batches mixing classic scenes (half of each batch at first, a fifth
     from 60 % of the way on) with scenes of the randomised pool, drawn from a window of the pool that moves from
     its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``. Stage 3, the same loop on
-    another pool (:func:`.shapes_eval.stage_pool`: harder scenes, half on photographs) drawn whole, an eighth of
+    another pool (:data:`.shapes_eval.STAGES`: harder scenes, half on photographs) drawn whole, an eighth of
     each batch classic."""
     import torch
 
-    from .shapes_eval import stage_description, stage_pool, stage_window, test_set
+    from .shapes_eval import STAGES, test_set
 
     size = _spec().input_size
     classic_pixels, classic_truth = _tensors(make_dataset(TRAIN_IMAGES, size=size, seed=TRAIN_SEED + seed), size)
-    scenes = stage_pool(stage, pool, seed, size, workers)
+    plan = STAGES[stage]
+    scenes = plan.pool(pool, seed, size, workers)
     pixels, truth = _tensors(scenes, size)
     del scenes
     log(f"stage {stage}: {pool} randomised scenes drawn ({clock()})")
@@ -340,7 +341,7 @@ def _fine_tune(
     total = 0.0
     for step in range(steps):
         model.train()
-        n_classic, low, high = stage_window(stage, step, steps, BATCH_SIZE, pool)
+        n_classic, low, high = plan.window(step, steps, BATCH_SIZE, pool)
         picked = torch.randint(low, high, (BATCH_SIZE - n_classic,), generator=generator).tolist()
         classic = torch.randint(0, len(classic_truth), (n_classic,), generator=generator).tolist()
         both_pixels = torch.cat([pixels[picked], classic_pixels[classic]])
@@ -361,7 +362,7 @@ def _fine_tune(
     return (
         f"{steps} batches of {BATCH_SIZE}: classic scenes "
         f"(shapes.make_dataset({TRAIN_IMAGES}, seed={TRAIN_SEED + seed}); "
-        + stage_description(stage, pool, seed, BATCH_SIZE)
+        + plan.describe(pool, seed, BATCH_SIZE)
         + f"; AdamW one-cycle lr max {lr}"
     )
 
