@@ -1,6 +1,6 @@
 """The randomised training generator of the shapes demos and the training stages that draw from it.
 
-``export/demos/shapes_randomised.py`` makes the scenes stages 2 and 3 of both shapes demos train on; what the
+``export/demos/shapes_randomised.py`` makes the scenes stages 2 to 4 of both shapes demos train on; what the
 demos learn is only as true as its masks and boxes, and a retraining reproduces the shipped weights only if a
 scene is its seed (in one process or several).
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from cnnserve.export.demos import shapes_randomised
 from cnnserve.export.demos.shapes import CLASSES
-from cnnserve.export.demos.shapes_eval import STAGES, curriculum_window
+from cnnserve.export.demos.shapes_eval import STAGES, StageLength, curriculum_window, later_stages
 from cnnserve.export.demos.shapes_heldout import TEXTURES
 from cnnserve.export.demos.shapes_randomised import PHOTOS, make_randomised, make_randomised_sample
 
@@ -22,6 +22,29 @@ def photo_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     original = shapes_randomised._photo
     monkeypatch.setattr(shapes_randomised, "_photo", lambda rng, h, w: calls.append((h, w)) or original(rng, h, w))
+    return calls
+
+
+@pytest.fixture
+def patch_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[list[tuple[float, float]]]]:
+    """The polygons of every call of ``_patches`` while the test runs (in this process): one list per scene."""
+    calls: list[list[list[tuple[float, float]]]] = []
+    original = shapes_randomised._patches
+
+    class Recording:
+        def __init__(self, draw) -> None:
+            self.draw, self.polygons = draw, []
+
+        def polygon(self, points, **style) -> None:
+            self.polygons.append(points)
+            self.draw.polygon(points, **style)
+
+    def record(rng, draw, h, w, short):
+        recording = Recording(draw)
+        original(rng, recording, h, w, short)
+        calls.append(recording.polygons)
+
+    monkeypatch.setattr(shapes_randomised, "_patches", record)
     return calls
 
 
@@ -37,10 +60,11 @@ def test_a_scene_is_its_seed_in_one_process_or_several() -> None:
     assert not any(np.array_equal(a.image, b.image) for a, b in zip(one, other, strict=True))
 
 
-@pytest.mark.parametrize("photos", [0.0, 1.0])
-def test_masks_and_boxes_describe_the_drawn_shapes(photos: float) -> None:
+@pytest.mark.parametrize(("photos", "patches"), [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)])
+def test_masks_and_boxes_describe_the_drawn_shapes(photos: float, patches: float) -> None:
     for i in range(16):
-        sample = make_randomised_sample(np.random.default_rng((11, i)), (128, 128), level=1.0, photos=photos)
+        rng = np.random.default_rng((11, i))
+        sample = make_randomised_sample(rng, (128, 128), level=1.0, photos=photos, patches=patches)
         assert sample.image.shape == (128, 128, 3) and sample.image.dtype == np.uint8
         assert len(sample.boxes) == len(sample.labels)
         assert set(np.unique(sample.mask).tolist()) <= {0, *sample.labels.tolist()}
@@ -87,3 +111,64 @@ def test_stage_two_is_the_curriculum_and_stage_three_draws_the_whole_pool() -> N
 def test_stage_three_pool_is_harder_and_half_on_photographs(photo_calls: list) -> None:
     scenes = STAGES[3].pool(40, 0, (128, 128), workers=1)
     assert len(scenes) == 40 and 10 <= len(photo_calls) <= 30  # about half of 40
+
+
+def test_patches_change_only_the_share_asked_for(patch_calls: list) -> None:
+    """``patches=0`` draws nothing more from a scene's generator (stages 2 and 3 stay what they were);
+    ``patches=1`` puts one to four on every scene."""
+    plain = make_randomised(6, seed=1, levels=1.0)
+    assert patch_calls == []
+    assert all(_same(a, b) for a, b in zip(plain, make_randomised(6, seed=1, levels=1.0, patches=0.0), strict=True))
+    with_patches = make_randomised(6, seed=1, levels=1.0, patches=1.0)
+    assert len(patch_calls) == 6 and all(1 <= len(polygons) <= 4 for polygons in patch_calls)
+    assert not any(np.array_equal(a.image, b.image) for a, b in zip(plain, with_patches, strict=True))
+
+
+def test_patches_are_polygons_of_five_corners_or_more() -> None:
+    """The patches teach that a flat area with straight edges is not a shape by itself, so they must not be one:
+    five to seven corners, and in all but a few of them at least five of those turn the outline by 15° or more
+    (a corner that turns less reads as a straight side: such a patch looks four-cornered)."""
+
+    class Recording:
+        polygons: list = []
+
+        def polygon(self, points, **style) -> None:
+            self.polygons.append(np.asarray(points))
+
+    for i in range(300):
+        shapes_randomised._patches(np.random.default_rng(i), Recording(), 128, 160, 128)
+    turns = []
+    for corners in Recording.polygons:
+        assert 5 <= len(corners) <= 7
+        before, after = np.roll(corners, 1, 0) - corners, np.roll(corners, -1, 0) - corners
+        cosine = (before * after).sum(1) / (np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1))
+        turns.append(180 - np.degrees(np.arccos(np.clip(cosine, -1, 1))))
+    clear_corners = np.array([(t >= 15).sum() for t in turns])
+    assert (clear_corners >= 5).mean() >= 0.85 and (clear_corners <= 3).mean() <= 0.01
+
+
+def test_stage_four_pool_has_patches_and_some_photographs(photo_calls: list, patch_calls: list) -> None:
+    scenes = STAGES[4].pool(40, 0, (128, 128), workers=1)
+    assert len(scenes) == 40 and 14 <= len(patch_calls) <= 34 and 4 <= len(photo_calls) <= 22  # 60 % and 30 %
+    assert "patches=0.6" in STAGES[4].describe(6000, 0, 16) and STAGES[4].window(0, 10, 16, 6000) == (2, 0, 6000)
+
+
+def test_later_stages_run_after_the_last_stage_done_and_keep_the_records_of_the_others() -> None:
+    ran = []
+
+    def run(stage: int, length: StageLength) -> str:
+        ran.append((stage, length.steps))
+        return f"stage {stage} ran"
+
+    lengths = {3: StageLength(steps=30, pool=6, lr=1e-3), 4: StageLength(steps=40, pool=6, lr=1e-3)}
+    assert later_stages({}, lengths, run) == {"stage3": "stage 3 ran", "stage4": "stage 4 ran"}
+    assert ran == [(3, 30), (4, 40)]
+    ran.clear()  # resumed after stage 2 (its record says stage 3 was left out): stages 3 and 4 run
+    done = {"stage1": "one", "stage2": "two", "stage3": "none"}
+    assert later_stages(done, lengths, run) == {"stage3": "stage 3 ran", "stage4": "stage 4 ran"}
+    ran.clear()  # resumed after stage 3: only stage 4 runs, stage 3's record is kept
+    done = {"stage1": "one", "stage2": "two", "stage3": "three"}
+    assert later_stages(done, lengths, run) == {"stage3": "three", "stage4": "stage 4 ran"} and ran == [(4, 40)]
+    ran.clear()  # 0 steps leaves a stage out
+    off = {3: StageLength(steps=0, pool=6, lr=1e-3), 4: lengths[4]}
+    assert later_stages({}, off, run) == {"stage3": "none", "stage4": "stage 4 ran"} and ran == [(4, 40)]

@@ -35,13 +35,18 @@ __all__ = [
     "curriculum_window",
     "FineTuneStage",
     "STAGES",
-    "resume_after_stage2",
+    "StageLength",
+    "resume",
+    "later_stages",
 ]
 
 TEST_SETS = ("classic", "randomised", "held_out", "held_out_simple")
 RANDOMISED_SEED = TRAIN_SEED + 1000  # the randomised training pool; its test scenes use HELD_OUT_SEED
 PHOTO_SEED = TRAIN_SEED + 2000  # stage 3's pool, half of it on photographs
 PHOTO_SHARE = 0.5
+PATCH_SEED = TRAIN_SEED + 3000  # stage 4's pool: flat polygons that are not shapes
+PATCH_SHARE = 0.6
+PATCH_PHOTOS = 0.3
 STAGE3_CLASSIC = 1 / 8  # of each stage-3 batch: enough classic scenes that the first demo's kind is not forgotten
 
 
@@ -91,24 +96,32 @@ STAGE3 = (
     "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}) with scene i at level "
     "0.5 + 0.5 (i + 0.5) / {pool} (half of them on crops of photographs)"
 )
+STAGE4 = (
+    "{classic} classic scenes per batch and the rest drawn at random from "
+    "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}, patches={patches}) with scene i at "
+    "level 0.5 + 0.5 (i + 0.5) / {pool} (flat polygons that are not shapes behind the shapes of {patches} of them)"
+)
 
 
 @dataclass(frozen=True)
 class FineTuneStage:
     """How a fine-tuning stage of both shapes trainers draws its batches: its randomised pool and the classic
     scenes in each batch. Stage 2 is the curriculum (easy to hard, a moving window); stage 3 the harder half of the
-    range, half on photographs (the drawn backgrounds have no real scene's edges and textures), drawn whole."""
+    range, half on photographs (the drawn backgrounds have no real scene's edges and textures), drawn whole; stage 4
+    the same range with flat polygons that are not shapes behind the shapes of most scenes (without them a flat area
+    with straight edges is a square or a triangle to a model), drawn whole."""
 
     seed: int  # the pool's seed, before the run's own seed is added
     lowest_level: float  # scene i of n at level lowest + (1 − lowest)(i + ½)/n
     photos: float  # the share of the pool drawn on photographs
+    patches: float  # the share of the pool with flat polygons that are not shapes on its background
     classic_share: float | None  # of each batch; None: the curriculum's moving window (curriculum_window)
     text: str  # for the records: a format string of pool, seed, classic, photos
 
     def pool(self, n: int, seed: int, size: tuple[int, int], workers: int) -> list[ShapesSample]:
         levels = self.lowest_level + (1 - self.lowest_level) * curriculum_levels(n)
         return make_randomised(n, seed=self.seed + seed, size=size, levels=levels, workers=workers,
-                               photos=self.photos)  # fmt: skip
+                               photos=self.photos, patches=self.patches)  # fmt: skip
 
     def window(self, step: int, steps: int, batch_size: int, n: int) -> tuple[int, int, int]:
         """How many of batch ``step``'s scenes are classic ones, and the window ``[low, high)`` of the pool the
@@ -119,20 +132,57 @@ class FineTuneStage:
 
     def describe(self, n: int, seed: int, batch_size: int) -> str:
         classic = None if self.classic_share is None else round(batch_size * self.classic_share)
-        return self.text.format(pool=n, seed=self.seed + seed, classic=classic, photos=self.photos)
+        seed = self.seed + seed
+        return self.text.format(pool=n, seed=seed, classic=classic, photos=self.photos, patches=self.patches)
 
 
 STAGES = {
-    2: FineTuneStage(RANDOMISED_SEED, lowest_level=0.0, photos=0.0, classic_share=None, text=CURRICULUM),
-    3: FineTuneStage(PHOTO_SEED, lowest_level=0.5, photos=PHOTO_SHARE, classic_share=STAGE3_CLASSIC, text=STAGE3),
+    2: FineTuneStage(RANDOMISED_SEED, lowest_level=0.0, photos=0.0, patches=0.0, classic_share=None, text=CURRICULUM),
+    3: FineTuneStage(
+        PHOTO_SEED, lowest_level=0.5, photos=PHOTO_SHARE, patches=0.0, classic_share=STAGE3_CLASSIC, text=STAGE3
+    ),
+    4: FineTuneStage(
+        PATCH_SEED,
+        lowest_level=0.5,
+        photos=PATCH_PHOTOS,
+        patches=PATCH_SHARE,
+        classic_share=STAGE3_CLASSIC,
+        text=STAGE4,
+    ),
 }
 
 
-def resume_after_stage2(model, weights: Path) -> tuple[str, str]:
-    """Load ``weights`` (a run's weights after stage 2) into ``model``; return stages 1 and 2 as the record beside
-    them describes them, for the record of stage 3 run alone from them."""
+@dataclass(frozen=True)
+class StageLength:
+    """How long one of the later stages (3 and on) of a trainer runs; ``steps=0`` leaves it out."""
+
+    steps: int
+    pool: int  # randomised scenes drawn for it
+    lr: float  # the one-cycle schedule's peak
+
+
+def resume(model, weights: Path) -> dict[str, str]:
+    """Load ``weights`` (a run's weights after some of its stages) into ``model``; return the stages they went
+    through as the record beside them describes them (``{"stage1": …, "stage2": …}``; a stage left out reads
+    ``"none"``), so a run can go on with the stages after the last one run. Every stage starts its own random
+    streams, so stages run this way give the weights one run of them all gives."""
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(weights)), strict=True)
     record = json.loads(weights.with_suffix(".json").read_text())
-    return record["stage1"], record["stage2"]
+    return {key: record[key] for key in sorted(record) if key.startswith("stage") and key[5:].isdigit()}
+
+
+def later_stages(done: dict[str, str], lengths: dict[int, StageLength], run) -> dict[str, str]:
+    """The records of stages 3 and on: those ``done`` (weights resumed from) as they were, the ones after the last
+    stage run there run now with ``run(stage, length)`` (it returns the stage's record), and ``"none"`` for those of
+    0 steps."""
+    last = max((int(key[5:]) for key, text in done.items() if text != "none"), default=0)
+    texts = {}
+    for stage, length in sorted(lengths.items()):
+        key = f"stage{stage}"
+        if stage <= last:
+            texts[key] = done.get(key, "none")
+        else:
+            texts[key] = "none" if length.steps <= 0 else run(stage, length)
+    return texts

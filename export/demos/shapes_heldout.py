@@ -4,8 +4,9 @@ A model scored only on scenes from its own generator is scored on that generator
 separately from :mod:`.shapes` (the training generator) and shares none of its drawing code: it rasterises the
 shapes itself with NumPy (each pixel's coverage from 4×4 sub-samples of point-in-shape tests), where the training
 generator uses PIL's ``ImageDraw``; it uses none of the training backgrounds (the training's third stage puts
-some scenes on photographs, but other pictures than :data:`TEXTURES`); and it chooses sizes, colours,
-styles and degradations its own way:
+some scenes on photographs, but other pictures than :data:`TEXTURES`; its fourth puts flat polygons behind the
+shapes, the nearest thing to the mosaics and regions here, but separate polygons, not a tiling or half-planes);
+and it chooses sizes, colours, styles and degradations its own way:
 
 * **scenes** at their own sizes, 96–400 pixels a side, any aspect from 3:5 to 5:3 (the service resizes them to
   the model's input, as it does an upload); the truth is in the scene's own pixels;

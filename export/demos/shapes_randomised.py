@@ -11,7 +11,8 @@ whole range, easy cases included), so training can start where the shipped weigh
 * **backgrounds**: flat, linear or radial gradients, blotches (smoothly upsampled random colour grids, one to three
   octaves), sine waves, stripes, checkerboards, speckle; clutter that is not a shape (lines, arcs, specks) and
   distractors that are not one of the classes (crosses, five-pointed stars, long bars); and, where a caller asks
-  for them (``photos``, the third training stage), crops of photographs (:data:`PHOTOS`);
+  for them, crops of photographs (:data:`PHOTOS`; ``photos``, the third training stage) and flat polygons of five
+  to seven corners, up to twice the scene's shorter side, often cut by its border (``patches``, the fourth);
 * **shapes**: circles; squares at any rotation; equilateral, isosceles, right and scalene triangles at any rotation
   (no angle under 20°); 8 output pixels across up to 56 % of the shorter side; filled, outlined (the mask is the
   stroke), filled with a border, shaded with a gradient or filled with noise; uniform RGB colours, contrast against
@@ -24,6 +25,8 @@ It shares no code with the held-out generator (:mod:`.shapes_heldout`), whose ba
 noise, ripples, hard-edged regions, paper), colours (HSV), styles (translucent, drop shadows, rims) and
 degradations (box and motion blur, shot and salt-and-pepper noise, colour casts, WebP) it never draws. Its photographs
 are a kind the held-out set has too (its crops of textures), but never the same pictures: the two lists share none.
+Its patches come closest to two held-out backgrounds (Voronoi mosaics, hard-edged regions): flat areas with straight
+edges; but they are separate polygons on another background, not a tiling of the scene or half-planes.
 A data set is its seed: scene ``i`` of ``make_randomised(n, seed=s, levels=...)`` comes from its own generator
 seeded ``(s, i)``.
 """
@@ -183,6 +186,23 @@ def _distractor(rng: np.random.Generator, draw: ImageDraw.ImageDraw, h: int, w: 
     draw.polygon([(float(x), float(y)) for x, y in pts], fill=tuple(int(v) for v in _colour(rng)))
 
 
+def _patches(rng: np.random.Generator, draw: ImageDraw.ImageDraw, h: int, w: int, short: int) -> None:
+    """One to four flat polygons of five to seven corners, as large as the largest shapes or up to twice the
+    scene's shorter side, often cut by its border: hard-edged, flat areas with straight sides and corners that
+    are not one of the classes. Without them, a flat area with straight edges is a square or a triangle to the
+    model (the mistake it made most on scenes of another generator: a 0.50 IoU for squares)."""
+    for _ in range(int(rng.integers(1, 5))):
+        k = int(rng.integers(5, 8))
+        # corners at sorted angles no closer than half an even share, at radii 0.5–1, convex or not; in about
+        # one patch in thirteen a corner turns the outline so little that the patch looks four-cornered
+        gaps = 0.5 + rng.dirichlet(np.ones(k)) * k * 0.5
+        angles = rng.uniform(0, 2 * np.pi) + np.cumsum(gaps / gaps.sum() * 2 * np.pi)
+        radii = rng.uniform(0.5, 1.0, k) * rng.uniform(0.25, 1.0) * short
+        cx, cy = rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h
+        points = [(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a, r in zip(angles, radii, strict=True)]
+        draw.polygon(points, fill=tuple(int(v) for v in _colour(rng)))
+
+
 # --- shapes --------------------------------------------------------------------------------------------------------
 
 
@@ -303,9 +323,12 @@ def make_randomised_sample(
     level: float = 1.0,
     max_shapes: int = 6,
     photos: float = 0.0,
+    patches: float = 0.0,
 ) -> ShapesSample:
     """One scene of 1..``max_shapes`` shapes at difficulty ``level`` (0–1), drawn on its own canvas and resized
-    to ``size`` (H, W); with probability ``photos`` on a crop of a photograph."""
+    to ``size`` (H, W); with probability ``photos`` on a crop of a photograph, with probability ``patches`` with
+    flat polygons that are not shapes (:func:`_patches`) on its background. Neither draws from the scene's
+    generator when it is 0, so a pool drawn without them is the same as before they existed."""
     out_h, out_w = size
     scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.0 + 1.5 * level))))
     aspect = float(np.exp(rng.uniform(-0.58, 0.58) * level)) if rng.random() < 0.6 else 1.0
@@ -315,6 +338,8 @@ def make_randomised_sample(
     background = _background(rng, h, w, level, photos)
     image = Image.fromarray(background.astype(np.uint8))
     draw = ImageDraw.Draw(image)
+    if patches > 0 and rng.random() < patches:
+        _patches(rng, draw, h, w, short)
     if rng.random() < 0.5 * level:
         _clutter(rng, draw, h, w, short / 128)
     for _ in range(int(rng.integers(1, 4)) if rng.random() < 0.35 * level else 0):
@@ -388,9 +413,11 @@ def make_randomised_sample(
     return resize_sample(sample, size)
 
 
-def _scene(job: tuple[int, int, tuple[int, int], float, float]) -> ShapesSample:
-    seed, index, size, level, photos = job
-    return make_randomised_sample(np.random.default_rng((seed, index)), size, level=level, photos=photos)
+def _scene(job: tuple[int, int, tuple[int, int], float, float, float]) -> ShapesSample:
+    seed, index, size, level, photos, patches = job
+    return make_randomised_sample(
+        np.random.default_rng((seed, index)), size, level=level, photos=photos, patches=patches
+    )
 
 
 def make_randomised(
@@ -401,14 +428,15 @@ def make_randomised(
     levels: float | Sequence[float] = 1.0,
     workers: int = 1,
     photos: float = 0.0,
+    patches: float = 0.0,
 ) -> list[ShapesSample]:
     """``n`` scenes at ``size``; scene ``i`` is drawn at ``levels[i]`` (or one level for all) from its own
     generator seeded ``(seed, i)``, so ``workers`` processes draw the same scenes as one. ``photos``: the share
-    of scenes drawn on a photograph."""
+    of scenes drawn on a photograph; ``patches``: the share with flat polygons on their background."""
     per_scene = [float(levels)] * n if np.isscalar(levels) else [float(v) for v in levels]
     if len(per_scene) != n:
         raise ValueError(f"{len(per_scene)} levels for {n} scenes")
-    jobs = [(seed, i, tuple(size), per_scene[i], photos) for i in range(n)]
+    jobs = [(seed, i, tuple(size), per_scene[i], photos, patches) for i in range(n)]
     if workers <= 1 or n < 4 * workers:
         return [_scene(job) for job in jobs]
     import multiprocessing

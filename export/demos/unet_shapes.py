@@ -18,6 +18,7 @@ from PIL import Image
 
 from .records import write_record
 from .shapes import CLASSES, HELD_OUT_SEED, TRAIN_SEED, ShapesSample, make_dataset, resize_sample
+from .shapes_eval import StageLength
 
 __all__ = [
     "TRAIN_SCENES",
@@ -43,9 +44,9 @@ FINE_TUNE_LR = 1e-3
 CROP = 96
 EVAL_SCENES = 300  # the record's test sets
 EVAL_EVERY = 500
-PHOTO_POOL = 6000  # stage 3: harder randomised scenes, half on photographs
-PHOTO_STEPS = 3000
-PHOTO_LR = 5e-4
+# Stage 3: harder randomised scenes, half on photographs; stage 4: the same range, with flat polygons that are not
+# shapes behind the shapes of 60 % of them (shapes_eval.STAGES).
+LATER = {3: StageLength(steps=3000, pool=6000, lr=5e-4), 4: StageLength(steps=4000, pool=6000, lr=3e-4)}
 
 
 def _spec():
@@ -227,8 +228,8 @@ def _fine_tune(
     """Stage 2, the curriculum: ``steps`` batches of ``crop``×``crop`` windows mixing classic scenes (half of each
     batch at first, a fifth from 60 % of the way on) with scenes of the randomised pool, drawn from a window of the
     pool that moves from its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``.
-    Stage 3, the same loop on another pool (:data:`.shapes_eval.STAGES`: harder scenes, half on photographs)
-    drawn whole, an eighth of each batch classic."""
+    Stages 3 and 4, the same loop on other pools (:data:`.shapes_eval.STAGES`: harder scenes, half on
+    photographs; then flat polygons behind the shapes) drawn whole, an eighth of each batch classic."""
     import torch
 
     from .shapes_eval import STAGES, test_set
@@ -287,18 +288,17 @@ def train_unet_shapes(
     eval_scenes: int = EVAL_SCENES,
     eval_every: int = EVAL_EVERY,
     workers: int | None = None,
-    photo_steps: int = PHOTO_STEPS,
-    photo_pool: int = PHOTO_POOL,
-    photo_lr: float = PHOTO_LR,
-    after_stage2: Path | None = None,
+    later: dict[int, StageLength] | None = None,
+    after: Path | None = None,
 ) -> dict:
-    """Train the ``unet`` demo reproducibly on CPU cores in three stages; write ``unet.safetensors`` + ``unet.json``.
+    """Train the ``unet`` demo reproducibly on CPU cores in four stages; write ``unet.safetensors`` + ``unet.json``.
 
     Stage 1 is the first demo's recipe on the classic scenes, from random weights (``init``, weights to start
-    stage 2 from, skips it); stage 2 fine-tunes on the curriculum (:func:`_fine_tune`); stage 3 goes on with
-    harder scenes, half of them on photographs (``photo_steps=0`` leaves it out). ``after_stage2``: the weights a
-    run's stage 2 ended with (their record beside them), to run stage 3 alone; every stage starts its own random
-    streams, so that gives the weights of the whole run. One intra-op thread: the
+    stage 2 from, skips it); stage 2 fine-tunes on the curriculum (:func:`_fine_tune`); stages 3 and 4 go on
+    with harder scenes, half of them on photographs, then with flat polygons that are not shapes behind them
+    (``later``: their lengths, :data:`LATER`; 0 steps leaves one out). ``after``: the weights of a run that ended
+    earlier (their record beside them), to run the stages after its last one alone; every stage starts its own
+    random streams, so that gives the weights of the whole run. One intra-op thread: the
     same arithmetic, so the same weights, on any machine with this torch, and on a shared machine faster than
     threads that wait for each other. The record holds the four test sets' figures (:mod:`.shapes_eval`) and no
     timings (it is committed; timings go to the log).
@@ -309,7 +309,7 @@ def train_unet_shapes(
     from cnnserve.models import build_model
     from safetensors.torch import load_file, save_file
 
-    from .shapes_eval import TEST_SETS, resume_after_stage2, test_set
+    from .shapes_eval import TEST_SETS, later_stages, resume, test_set
 
     start = time.perf_counter()
 
@@ -323,8 +323,9 @@ def train_unet_shapes(
         # channels_last: faster convolutions on CPU; the weights (and the exported graph) do not depend on it.
         model = build_model("unet").to(memory_format=torch.channels_last)
         workers = workers or min(4, os.cpu_count() or 1)
-        if after_stage2 is not None:
-            stage1, stage2 = resume_after_stage2(model, Path(after_stage2))
+        done = {} if after is None else resume(model, Path(after))
+        if done:
+            stage1, stage2 = done["stage1"], done["stage2"]
         else:
             if init is None:
                 stage1 = _train_classic(
@@ -338,10 +339,10 @@ def train_unet_shapes(
                 model, seed=seed, steps=steps, batch_size=batch_size, pool=pool, crop=crop, lr=lr,
                 eval_every=eval_every, workers=workers, log=log, clock=clock,
             )  # fmt: skip
-        stage3 = "none" if photo_steps <= 0 else _fine_tune(
-            model, seed=seed, steps=photo_steps, batch_size=batch_size, pool=photo_pool, crop=crop, lr=photo_lr,
-            eval_every=eval_every, workers=workers, log=log, clock=clock, stage=3,
-        )  # fmt: skip
+        stages = later_stages(done, LATER if later is None else later, lambda stage, length: _fine_tune(
+            model, seed=seed, steps=length.steps, batch_size=batch_size, pool=length.pool, crop=crop, lr=length.lr,
+            eval_every=eval_every, workers=workers, log=log, clock=clock, stage=stage,
+        ))  # fmt: skip
         model = model.to(memory_format=torch.contiguous_format).eval()
         size = _spec().input_size
         figures = {name: _figures(evaluate(model, test_set(name, eval_scenes, size))) for name in TEST_SETS}
@@ -357,7 +358,7 @@ def train_unet_shapes(
         "base_width": model.inc.block[0].out_channels,
         "stage1": stage1,
         "stage2": stage2,
-        "stage3": stage3,
+        **stages,
         "loss": "cross-entropy + soft Dice (mean over the 4 classes)",
         "augmentation": "random 90-degree rotation and flip per batch",
         "seed": seed,
