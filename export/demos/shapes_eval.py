@@ -99,7 +99,7 @@ STAGE3 = (
 STAGE4 = (
     "{classic} classic scenes per batch and the rest drawn at random from "
     "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}, patches={patches}) with scene i at "
-    "level 0.5 + 0.5 (i + 0.5) / {pool} (flat polygons that are not shapes behind the shapes of {patches} of them)"
+    "level 0.5 + 0.5 (i + 0.5) / {pool} (flat polygons that are not shapes behind the shapes of {patches:.0%} of them)"
 )
 
 
