@@ -25,22 +25,26 @@ def photo_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return calls
 
 
+class _Recording:
+    """Stands in for an ``ImageDraw``: keeps every polygon drawn on it and passes it on to ``draw``, if any."""
+
+    def __init__(self, draw=None) -> None:
+        self.draw, self.polygons = draw, []
+
+    def polygon(self, points, **style) -> None:
+        self.polygons.append(points)
+        if self.draw is not None:
+            self.draw.polygon(points, **style)
+
+
 @pytest.fixture
 def patch_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[list[tuple[float, float]]]]:
     """The polygons of every call of ``_patches`` while the test runs (in this process): one list per scene."""
     calls: list[list[list[tuple[float, float]]]] = []
     original = shapes_randomised._patches
 
-    class Recording:
-        def __init__(self, draw) -> None:
-            self.draw, self.polygons = draw, []
-
-        def polygon(self, points, **style) -> None:
-            self.polygons.append(points)
-            self.draw.polygon(points, **style)
-
     def record(rng, draw, h, w, short):
-        recording = Recording(draw)
+        recording = _Recording(draw)
         original(rng, recording, h, w, short)
         calls.append(recording.polygons)
 
@@ -128,17 +132,11 @@ def test_patches_are_polygons_of_five_corners_or_more() -> None:
     """The patches teach that a flat area with straight edges is not a shape by itself, so they must not be one:
     five to seven corners, and in all but a few of them at least five of those turn the outline by 15° or more
     (a corner that turns less reads as a straight side: such a patch looks four-cornered)."""
-
-    class Recording:
-        polygons: list = []
-
-        def polygon(self, points, **style) -> None:
-            self.polygons.append(np.asarray(points))
-
+    recording = _Recording()
     for i in range(300):
-        shapes_randomised._patches(np.random.default_rng(i), Recording(), 128, 160, 128)
+        shapes_randomised._patches(np.random.default_rng(i), recording, 128, 160, 128)
     turns = []
-    for corners in Recording.polygons:
+    for corners in map(np.asarray, recording.polygons):
         assert 5 <= len(corners) <= 7
         before, after = np.roll(corners, 1, 0) - corners, np.roll(corners, -1, 0) - corners
         cosine = (before * after).sum(1) / (np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1))

@@ -47,7 +47,7 @@ PHOTO_SHARE = 0.5
 PATCH_SEED = TRAIN_SEED + 3000  # stage 4's pool: flat polygons that are not shapes
 PATCH_SHARE = 0.6
 PATCH_PHOTOS = 0.3
-STAGE3_CLASSIC = 1 / 8  # of each stage-3 batch: enough classic scenes that the first demo's kind is not forgotten
+LATER_CLASSIC = 1 / 8  # of each batch of stages 3 and 4: enough classic scenes that the first demo's kind stays
 
 
 def test_set(name: str, n: int, size: tuple[int, int] = (128, 128)) -> list[ShapesSample]:
@@ -116,7 +116,7 @@ class FineTuneStage:
     photos: float  # the share of the pool drawn on photographs
     patches: float  # the share of the pool with flat polygons that are not shapes on its background
     classic_share: float | None  # of each batch; None: the curriculum's moving window (curriculum_window)
-    text: str  # for the records: a format string of pool, seed, classic, photos
+    text: str  # for the records: a format string of pool, seed, classic, photos, patches
 
     def pool(self, n: int, seed: int, size: tuple[int, int], workers: int) -> list[ShapesSample]:
         levels = self.lowest_level + (1 - self.lowest_level) * curriculum_levels(n)
@@ -139,14 +139,14 @@ class FineTuneStage:
 STAGES = {
     2: FineTuneStage(RANDOMISED_SEED, lowest_level=0.0, photos=0.0, patches=0.0, classic_share=None, text=CURRICULUM),
     3: FineTuneStage(
-        PHOTO_SEED, lowest_level=0.5, photos=PHOTO_SHARE, patches=0.0, classic_share=STAGE3_CLASSIC, text=STAGE3
+        PHOTO_SEED, lowest_level=0.5, photos=PHOTO_SHARE, patches=0.0, classic_share=LATER_CLASSIC, text=STAGE3
     ),
     4: FineTuneStage(
         PATCH_SEED,
         lowest_level=0.5,
         photos=PATCH_PHOTOS,
         patches=PATCH_SHARE,
-        classic_share=STAGE3_CLASSIC,
+        classic_share=LATER_CLASSIC,
         text=STAGE4,
     ),
 }
