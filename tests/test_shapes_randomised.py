@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from cnnserve.export.demos import shapes_randomised
 from cnnserve.export.demos.shapes import CLASSES
-from cnnserve.export.demos.shapes_eval import STAGES, StageLength, curriculum_window, later_stages
+from cnnserve.export.demos.shapes_eval import (
+    STAGES,
+    StageLength,
+    curriculum_window,
+    later_stages,
+    test_set,
+    watch_sets,
+)
 from cnnserve.export.demos.shapes_heldout import TEXTURES
 from cnnserve.export.demos.shapes_randomised import PHOTOS, make_randomised, make_randomised_sample
 
@@ -149,6 +156,24 @@ def test_stage_four_pool_has_patches_and_some_photographs(photo_calls: list, pat
     scenes = STAGES[4].pool(40, 0, (128, 128), workers=1)
     assert len(scenes) == 40 and 14 <= len(patch_calls) <= 34 and 4 <= len(photo_calls) <= 22  # 60 % and 30 %
     assert "patches=0.6" in STAGES[4].describe(6000, 0, 16) and STAGES[4].window(0, 10, 16, 6000) == (2, 0, 6000)
+
+
+def test_stage_five_is_stage_four_on_other_scenes(patch_calls: list) -> None:
+    four, five = STAGES[4], STAGES[5]
+    assert (five.lowest_level, five.photos, five.patches, five.classic_share) == (
+        four.lowest_level, four.photos, four.patches, four.classic_share
+    )  # fmt: skip
+    a, b = four.pool(6, 0, (128, 128), workers=1), five.pool(6, 0, (128, 128), workers=1)
+    assert not any(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    assert four.describe(6000, 0, 16) != five.describe(6000, 0, 16)
+
+
+def test_the_trainers_watch_other_scenes_than_the_test_sets() -> None:
+    watched = watch_sets((128, 128), n=5)
+    assert set(watched) == {"classic", "randomised", "held_out"}
+    for name, scenes in watched.items():
+        tested = test_set(name, 5)
+        assert len(scenes) == 5 and not any(np.array_equal(s.image, t.image) for s in scenes for t in tested), name
 
 
 def test_later_stages_run_after_the_last_stage_done_and_keep_the_records_of_the_others() -> None:

@@ -30,7 +30,9 @@ __all__ = [
     "RANDOMISED_SEED",
     "PHOTO_SEED",
     "CURRICULUM",
+    "VALIDATION_SEED",
     "test_set",
+    "watch_sets",
     "curriculum_levels",
     "curriculum_window",
     "FineTuneStage",
@@ -47,24 +49,35 @@ PHOTO_SHARE = 0.5
 PATCH_SEED = TRAIN_SEED + 3000  # stage 4's pool: flat polygons that are not shapes
 PATCH_SHARE = 0.6
 PATCH_PHOTOS = 0.3
-LATER_CLASSIC = 1 / 8  # of each batch of stages 3 and 4: enough classic scenes that the first demo's kind stays
+FRESH_PATCH_SEED = TRAIN_SEED + 4000  # stage 5's pool: stage 4's kind of scene, other scenes
+# The held-out generator's scenes the trainers watch while they run (their logs): another seed than the test set's,
+# so a stage's length chosen by watching them is not chosen on the scenes the README reports.
+VALIDATION_SEED = HELD_OUT_SEED + 1
+LATER_CLASSIC = 1 / 8  # of each batch of stages 3 to 5: enough classic scenes that the first demo's kind stays
 
 
-def test_set(name: str, n: int, size: tuple[int, int] = (128, 128)) -> list[ShapesSample]:
+def test_set(name: str, n: int, size: tuple[int, int] = (128, 128), *, seed: int = HELD_OUT_SEED) -> list[ShapesSample]:
     """``n`` scenes of the test set ``name`` (one of :data:`TEST_SETS`); ``size`` is the input size the in-domain
-    generators draw at (the held-out ones draw at their own sizes)."""
+    generators draw at (the held-out ones draw at their own sizes). ``seed``: the README's sets are at
+    ``HELD_OUT_SEED``; :func:`watch_sets` draws the same kinds at :data:`VALIDATION_SEED`."""
     if name == "classic":
-        return make_dataset(n, size=size, seed=HELD_OUT_SEED)
+        return make_dataset(n, size=size, seed=seed)
     if name == "randomised":
-        return make_randomised(n, seed=HELD_OUT_SEED, size=size, levels=1.0)
+        return make_randomised(n, seed=seed, size=size, levels=1.0)
     if name == "held_out":
-        return make_held_out(n, seed=HELD_OUT_SEED)
+        return make_held_out(n, seed=seed)
     if name == "held_out_simple":
-        return make_simple_held_out(n, seed=HELD_OUT_SEED)
+        return make_simple_held_out(n, seed=seed)
     raise ValueError(f"unknown test set {name!r}; one of {', '.join(TEST_SETS)}")
 
 
 test_set.__test__ = False  # not a pytest test
+
+
+def watch_sets(size: tuple[int, int], n: int = 100) -> dict[str, list[ShapesSample]]:
+    """What the trainers score in their logs every few hundred steps: ``n`` classic, randomised and held-out
+    scenes at :data:`VALIDATION_SEED`, none of them a scene of the test sets (those are at ``HELD_OUT_SEED``)."""
+    return {name: test_set(name, n, size, seed=VALIDATION_SEED) for name in ("classic", "randomised", "held_out")}
 
 
 def curriculum_levels(n: int) -> np.ndarray:
@@ -109,7 +122,7 @@ class FineTuneStage:
     scenes in each batch. Stage 2 is the curriculum (easy to hard, a moving window); stage 3 the harder half of the
     range, half on photographs (the drawn backgrounds have no real scene's edges and textures), drawn whole; stage 4
     the same range with flat polygons that are not shapes behind the shapes of most scenes (without them a flat area
-    with straight edges is a square or a triangle to a model), drawn whole."""
+    with straight edges is a square or a triangle to a model), drawn whole; stage 5 stage 4's kind on other scenes."""
 
     seed: int  # the pool's seed, before the run's own seed is added
     lowest_level: float  # scene i of n at level lowest + (1 − lowest)(i + ½)/n
@@ -143,6 +156,15 @@ STAGES = {
     ),
     4: FineTuneStage(
         PATCH_SEED,
+        lowest_level=0.5,
+        photos=PATCH_PHOTOS,
+        patches=PATCH_SHARE,
+        classic_share=LATER_CLASSIC,
+        text=STAGE4,
+    ),
+    # Stage 4 again on a pool of other scenes: the held-out validation scenes still improved at its end.
+    5: FineTuneStage(
+        FRESH_PATCH_SEED,
         lowest_level=0.5,
         photos=PATCH_PHOTOS,
         patches=PATCH_SHARE,

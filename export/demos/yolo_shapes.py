@@ -325,7 +325,7 @@ def _fine_tune(
     shapes) drawn whole, an eighth of each batch classic."""
     import torch
 
-    from .shapes_eval import STAGES, test_set
+    from .shapes_eval import STAGES, watch_sets
 
     size = _spec().input_size
     classic_pixels, classic_truth = _tensors(make_dataset(TRAIN_IMAGES, size=size, seed=TRAIN_SEED + seed), size)
@@ -334,7 +334,7 @@ def _fine_tune(
     pixels, truth = _tensors(scenes, size)
     del scenes
     log(f"stage {stage}: {pool} randomised scenes drawn ({clock()})")
-    watch = {name: test_set(name, 100, size) for name in ("classic", "randomised", "held_out")}
+    watch = watch_sets(size)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
