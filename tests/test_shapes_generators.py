@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 
 # The shipped weights (trained on the classic and randomised generators) on make_held_out(300, seed=HELD_OUT_SEED)
 # and on its plain set make_simple_held_out(300, seed=HELD_OUT_SEED) — the README's figures. Issue 19's goals (YOLO
-# recall@0.5 ≥ 0.8 with mAP@0.5 ≥ 0.7, U-Net mean IoU ≥ 0.8) hold on the plain set, not yet on the main one (the
-# U-Net 0.002 short).
+# recall@0.5 ≥ 0.8 with mAP@0.5 ≥ 0.7, U-Net mean IoU ≥ 0.8) hold on the plain set; on the main one the U-Net's
+# holds, YOLO's not yet.
 YOLO_HELD_OUT = {"map50": 0.6532, "recall50": 0.6235, "precision50": 0.8008}
-UNET_HELD_OUT_MIOU = 0.7976
+UNET_HELD_OUT_MIOU = 0.8090
 YOLO_PLAIN = {"map50": 0.8659, "recall50": 0.8678, "precision50": 0.8771}
-UNET_PLAIN_MIOU = 0.9578
+UNET_PLAIN_MIOU = 0.9600
 
 
 def test_a_scene_is_its_seed() -> None:
@@ -89,6 +89,7 @@ def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
     unet = build_model("unet").eval()
     unet.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / "unet.safetensors")), strict=True)
     with torch.no_grad():
-        assert unet_held_out(unet)["mean_iou"] == pytest.approx(UNET_HELD_OUT_MIOU, abs=1e-3)
+        held_out_miou = unet_held_out(unet)["mean_iou"]
+        assert held_out_miou == pytest.approx(UNET_HELD_OUT_MIOU, abs=1e-3) and held_out_miou >= 0.8
         plain_miou = unet_held_out(unet, name="held_out_simple")["mean_iou"]
     assert plain_miou == pytest.approx(UNET_PLAIN_MIOU, abs=1e-3) and plain_miou >= 0.8
