@@ -158,7 +158,7 @@ def test_stage_four_pool_has_patches_and_some_photographs(photo_calls: list, pat
     assert "patches=0.6" in STAGES[4].describe(6000, 0, 16) and STAGES[4].window(0, 10, 16, 6000) == (2, 0, 6000)
 
 
-def test_stage_five_is_stage_four_on_other_scenes(patch_calls: list) -> None:
+def test_stage_five_is_stage_four_on_other_scenes() -> None:
     four, five = STAGES[4], STAGES[5]
     assert (five.lowest_level, five.photos, five.patches, five.classic_share) == (
         four.lowest_level, four.photos, four.patches, four.classic_share

@@ -320,7 +320,7 @@ def _fine_tune(
 ) -> str:
     """Stage 2, the curriculum: ``steps`` batches mixing classic scenes (half of each batch at first, a fifth
     from 60 % of the way on) with scenes of the randomised pool, drawn from a window of the pool that moves from
-    its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``. Stages 3 and 4, the same loop
+    its easiest scenes to its hardest; AdamW with a one-cycle learning rate up to ``lr``. Stages 3 on, the same loop
     on other pools (:data:`.shapes_eval.STAGES`: harder scenes, half on photographs; then flat polygons behind the
     shapes) drawn whole, an eighth of each batch classic."""
     import torch
