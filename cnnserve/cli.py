@@ -33,6 +33,7 @@ DEMOS: dict[str, tuple[str, str]] = {
     "inpaint-digits": ("cnnserve.export.demos.inpaint_digits", "train_inpaint_digits"),
     "vae-digits": ("cnnserve.export.demos.vae_digits", "train_vae_digits"),
     "yolo-shapes": ("cnnserve.export.demos.yolo_shapes", "train_yolo_shapes"),
+    "yolo-shapes-conv": ("cnnserve.export.demos.yolo_shapes", "train_yolo_shapes_conv"),
 }
 
 

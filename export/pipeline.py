@@ -45,7 +45,7 @@ logger = logging.getLogger("cnnserve.export")
 # What `make serve` exports when the store lacks it: (model name, weights). Demo weights ship in the repository.
 DEFAULT_EXPORTS: tuple[tuple[str, str], ...] = (
     ("lenet5", "demo"),
-    ("yolov1_shapes", "demo"),
+    ("yolov1_shapes_conv", "demo"),
     ("cae", "demo"),
     ("unet", "demo"),
     ("cae_inpaint", "demo"),

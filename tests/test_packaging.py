@@ -86,5 +86,5 @@ def test_an_installed_wheel_runs_from_a_directory_that_shadows_its_old_names(whe
         [*cli, "export", "--defaults"], cwd=work, env=env, capture_output=True, text=True, timeout=900
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
-    for name in ("lenet5", "yolov1_shapes", "cae", "unet"):
+    for name in ("lenet5", "yolov1_shapes_conv", "cae", "unet"):
         assert f"{name}: {name}:" in exported.stdout and "weights=demo:" in exported.stdout

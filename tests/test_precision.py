@@ -29,15 +29,16 @@ from cnnserve.service.imaging import preprocess
 from cnnserve import models
 
 CNNSERVE = str(Path(sys.executable).parent / "cnnserve")
-GATES = {"lenet5": 0.005, "unet": 0.01, "yolov1_shapes": 0.02, "cae": 0.01}
+GATES = {"lenet5": 0.005, "unet": 0.01, "yolov1_shapes": 0.02, "yolov1_shapes_conv": 0.02, "cae": 0.01}
 FAST = [
     ("lenet5", "int8"),
     ("lenet5", "fp16"),
     ("cae", "int8"),
     ("cae", "fp16"),
     ("yolov1_shapes", "int8"),
+    ("yolov1_shapes_conv", "int8"),
 ]
-SLOW = [("yolov1_shapes", "fp16"), ("unet", "int8"), ("unet", "fp16")]
+SLOW = [("yolov1_shapes", "fp16"), ("yolov1_shapes_conv", "fp16"), ("unet", "int8"), ("unet", "fp16")]
 
 
 def _session(path: Path) -> ort.InferenceSession:

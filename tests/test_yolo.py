@@ -15,22 +15,25 @@ import torch
 from cnnserve.export import export_model
 from cnnserve.export.demos.shapes import HELD_OUT_SEED, make_dataset
 from cnnserve.export.demos.yolo_shapes import (
+    CONV_MODEL,
     EVAL_IMAGES,
     MODEL,
     average_precision,
     evaluate,
+    load_backbone,
     mean_average_precision,
     shapes_batch,
     train_yolo_shapes,
+    train_yolo_shapes_conv,
 )
 from cnnserve.export.weights import DEMO_WEIGHTS_DIR
 from cnnserve.export.yolo import YoloExport
-from cnnserve.models.yolo import decode, encode_targets, yolo_loss
+from cnnserve.models.yolo import YoloConvHead, decode, encode_targets, yolo_loss
 from safetensors.torch import load_file
 
 from cnnserve import models
 
-S, B, C = 8, 2, 3
+S, B, C = 8, 2, 3  # yolov1_shapes; yolov1_shapes_conv has a 16×16 grid
 SIZE = (128, 128)
 # Two objects in different cells: a wide box and a tall one touching the bottom-right corner.
 BOXES = torch.tensor([[10.0, 20.0, 50.0, 40.0], [70.0, 64.0, 120.0, 128.0]])
@@ -49,10 +52,15 @@ def _perfect_prediction(target: torch.Tensor) -> torch.Tensor:
     return pred
 
 
-def _demo() -> tuple[torch.nn.Module, dict]:
-    model = models.build_model(MODEL).eval()
-    model.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / f"{MODEL}.safetensors")), strict=True)
-    return model, json.loads((DEMO_WEIGHTS_DIR / f"{MODEL}.json").read_text())
+def _demo(name: str = MODEL) -> tuple[torch.nn.Module, dict]:
+    model = models.build_model(name).eval()
+    model.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / f"{name}.safetensors")), strict=True)
+    return model, json.loads((DEMO_WEIGHTS_DIR / f"{name}.json").read_text())
+
+
+def _scenes(model: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
+    """Classic scenes as the model's input batch (each shapes demo at its own input size)."""
+    return torch.from_numpy(shapes_batch(make_dataset(n, seed=seed), (model.image_size, model.image_size)))
 
 
 # --- the architecture --------------------------------------------------------------------------------------
@@ -72,6 +80,44 @@ def test_conv_layer_counts_and_two_fully_connected_layers(name: str, convs: int)
         model = models.build_model(name)
     assert _convs(model) == convs
     assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 2
+
+
+def test_the_convolutional_head_reads_every_cell_with_the_same_weights() -> None:
+    torch.manual_seed(0)
+    model = models.build_model(CONV_MODEL).eval()
+    assert _convs(model) == 10 and not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert isinstance(model.head, YoloConvHead)
+    assert (model.image_size, model.grid) == (256, 16)  # the darknet's stride 16 on a 256² input
+    images = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        out = model(images)
+        assert out.shape == (2, 16, 16, B * 5 + C)
+        # Cell (r, c) is the head's 1×1 read of feature column (r, c): the same weights everywhere.
+        features = model.head.block(model.features(images))  # (N, 256, 16, 16)
+        by_hand = torch.einsum("nkrc,ok->nrco", features, model.head.out.weight[:, :, 0, 0]) + model.head.out.bias
+    torch.testing.assert_close(out, by_hand, rtol=1e-4, atol=1e-4)
+    # The FC head would take any feature side; a convolutional one answers one cell per feature.
+    with pytest.raises(ValueError, match="must equal the grid"):
+        models.build_model(CONV_MODEL, grid=7)
+
+
+def test_the_conv_trainer_starts_from_yolov1_shapes_darknet(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = models.build_model(CONV_MODEL)
+    record = load_backbone(model, DEMO_WEIGHTS_DIR / f"{MODEL}.safetensors")
+    darknet = load_file(str(DEMO_WEIGHTS_DIR / f"{MODEL}.safetensors"))
+    own = model.state_dict()
+    copied = [k for k in own if k.startswith("features.")]
+    assert len(copied) == 48 and all(torch.equal(own[k], darknet[k]) for k in copied)
+    assert "features.11.conv.weight" in darknet and "features.11.conv.weight" not in own  # the FC head's 1×1 stays
+    assert record.startswith("darknet layers (48 tensors) from yolov1_shapes.safetensors (sha256 ")
+    # A file that is not this darknet is refused, naming what does not fit.
+    from safetensors.torch import save_file
+
+    wrong = {k: v for k, v in darknet.items() if k != "features.4.conv.weight"}
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(ValueError, match=r"features\.4\.conv\.weight missing"):
+        load_backbone(model, tmp_path / "wrong.safetensors")
 
 
 def test_yolov1_output_is_7x7x30_for_voc() -> None:
@@ -171,16 +217,17 @@ def _onnx_detections(session: ort.InferenceSession, images: torch.Tensor, score:
     return session.run(None, feed)
 
 
-@pytest.fixture(scope="module")
-def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("yolo") / "yolo.onnx"
-    result = export_model(MODEL, weights="demo", save=False, output=path)
+@pytest.fixture(scope="module", params=[MODEL, CONV_MODEL])
+def demo_onnx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """Both shapes demos exported: v1's fully connected head and the convolutional one."""
+    path = tmp_path_factory.mktemp("yolo") / f"{request.param}.onnx"
+    result = export_model(request.param, weights="demo", save=False, output=path)
     assert result.parity <= 1e-3 and result.source == "demo:synthetic-shapes"
-    return path
+    return request.param, path
 
 
-def test_exported_graph_declares_the_detection_contract(demo_onnx: Path) -> None:
-    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
+def test_exported_graph_declares_the_detection_contract(demo_onnx: tuple[str, Path]) -> None:
+    session = ort.InferenceSession(str(demo_onnx[1]), providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}
     assert list(inputs) == ["images", "score_threshold", "iou_threshold"]
     assert inputs["score_threshold"].shape == [] and inputs["iou_threshold"].shape == []
@@ -188,15 +235,18 @@ def test_exported_graph_declares_the_detection_contract(demo_onnx: Path) -> None
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: Path, batch: int) -> None:
-    model, _ = _demo()
-    wrapped = YoloExport(model, models.get_spec(MODEL)).eval()
-    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
-    images = torch.from_numpy(shapes_batch(make_dataset(batch, seed=777)))
+def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: tuple[str, Path], batch: int) -> None:
+    name, path = demo_onnx
+    model, _ = _demo(name)
+    wrapped = YoloExport(model, models.get_spec(name)).eval()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = _scenes(model, batch, seed=777)
     counts = {}
     # 0.001: the demo is sure of these classic scenes; it scores few boxes under 0.25, and at 0.01 none of them
-    # overlaps another by between 0.45 and 0.9 (so the NMS threshold would change nothing there)
-    for score, iou in ((0.25, 0.45), (0.001, 0.45), (0.001, 0.9), (0.9, 0.45)):
+    # overlaps another by between 0.45 and 0.9 (so the NMS threshold would change nothing there). The convolutional
+    # demo's 512 predictors keep more than max_detections (100) at 0.001, so the counts would be equal; 0.005.
+    low = 0.001 if name == MODEL else 0.005
+    for score, iou in ((0.25, 0.45), (low, 0.45), (low, 0.9), (0.9, 0.45)):
         got = _onnx_detections(session, images, score, iou)
         with torch.no_grad():
             expected = [t.numpy() for t in wrapped(images, torch.tensor(score), torch.tensor(iou))]
@@ -207,21 +257,21 @@ def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: Path, batch: 
         counts[(score, iou)] = int(got[3].sum())
     assert counts[(0.25, 0.45)] >= batch  # every scene has at least one shape, and the model finds them
     # The thresholds are graph inputs: a lower score threshold and a laxer NMS keep more, a higher one fewer.
-    assert counts[(0.001, 0.9)] > counts[(0.001, 0.45)] > counts[(0.25, 0.45)] > counts[(0.9, 0.45)]
+    assert counts[(low, 0.9)] > counts[(low, 0.45)] > counts[(0.25, 0.45)] > counts[(0.9, 0.45)]
 
 
-def test_padded_rows_are_zeros(demo_onnx: Path) -> None:
-    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
-    images = torch.from_numpy(shapes_batch(make_dataset(2, seed=778)))
+def test_padded_rows_are_zeros(demo_onnx: tuple[str, Path]) -> None:
+    session = ort.InferenceSession(str(demo_onnx[1]), providers=["CPUExecutionProvider"])
+    images = _scenes(_demo(demo_onnx[0])[0], 2, seed=778)
     boxes, scores, labels, counts = _onnx_detections(session, images, 0.25, 0.45)
     for i, n in enumerate(counts):
         assert (scores[i, :n] > 0.25).all() and (np.diff(scores[i, :n]) <= 0).all()  # best first
         assert not boxes[i, n:].any() and not scores[i, n:].any() and not labels[i, n:].any()
 
 
-def test_an_iou_threshold_outside_0_1_is_clamped_not_an_error(demo_onnx: Path) -> None:
-    session = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
-    images = torch.from_numpy(shapes_batch(make_dataset(2, seed=779)))
+def test_an_iou_threshold_outside_0_1_is_clamped_not_an_error(demo_onnx: tuple[str, Path]) -> None:
+    session = ort.InferenceSession(str(demo_onnx[1]), providers=["CPUExecutionProvider"])
+    images = _scenes(_demo(demo_onnx[0])[0], 2, seed=779)
     for outside, inside in ((1.5, 1.0), (-0.5, 0.0)):
         got, expected = (_onnx_detections(session, images, 0.05, iou) for iou in (outside, inside))
         for g, e in zip(got, expected, strict=True):
@@ -259,9 +309,11 @@ def test_average_precision_is_the_voc_all_point_area() -> None:
     assert mean_average_precision(swapped, truth)["map"] == 0.0
 
 
-def test_shipped_demo_reaches_map50_of_0_7_on_fresh_held_out_scenes() -> None:
-    model, record = _demo()
-    result = evaluate(model, make_dataset(record["eval_images"], size=SIZE, seed=HELD_OUT_SEED))
+@pytest.mark.parametrize("name", [MODEL, CONV_MODEL])
+def test_shipped_demo_reaches_map50_of_0_7_on_fresh_held_out_scenes(name: str) -> None:
+    model, record = _demo(name)
+    size = (model.image_size, model.image_size)  # the classic generator draws at the input size
+    result = evaluate(model, make_dataset(record["eval_images"], size=size, seed=HELD_OUT_SEED))
     assert result["map"] >= 0.7
     assert result["map"] == pytest.approx(record["map50"], abs=1e-3)  # the recorded number is this one
     assert record["eval_images"] >= 200 and record["dataset"] == "synthetic-shapes"
@@ -275,6 +327,17 @@ def test_training_reproduces_the_demo(tmp_path: Path) -> None:
     model.load_state_dict(load_file(str(tmp_path / f"{MODEL}.safetensors")), strict=True)
     held_out = make_dataset(EVAL_IMAGES, size=SIZE, seed=HELD_OUT_SEED)
     assert evaluate(model, held_out)["map"] == pytest.approx(record["map50"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_training_reproduces_the_conv_demo(tmp_path: Path) -> None:
+    """One command from the shipped darknet gives the shipped yolov1_shapes_conv, tensor for tensor."""
+    record = train_yolo_shapes_conv(tmp_path, log=lambda _: None)
+    shipped = json.loads((DEMO_WEIGHTS_DIR / f"{CONV_MODEL}.json").read_text())
+    assert {k: v for k, v in record.items() if k != "seconds"} == {k: v for k, v in shipped.items() if k != "seconds"}
+    trained = load_file(str(tmp_path / f"{CONV_MODEL}.safetensors"))
+    expected = load_file(str(DEMO_WEIGHTS_DIR / f"{CONV_MODEL}.safetensors"))
+    assert trained.keys() == expected.keys() and all(torch.equal(trained[k], expected[k]) for k in expected)
 
 
 def test_recall_and_precision_at_one_operating_point() -> None:

@@ -103,7 +103,7 @@ class DetectTask(Task):
         "class's colour and a `label score` tag above it, for people who would rather look."
     )
     serves = ("detection",)
-    default_model = "yolov1_shapes"
+    default_model = "yolov1_shapes_conv"
     Options = DetectOptions
     Response = DetectResponse
     png_fields = ("rendered",)
