@@ -557,6 +557,8 @@ def train_yolo_shapes_conv(
     from cnnserve.export.weights import DEMO_WEIGHTS_DIR
     from cnnserve.models import build_model
 
+    from .shapes_eval import later_stages
+
     start = time.perf_counter()
 
     def clock() -> str:
@@ -570,11 +572,10 @@ def train_yolo_shapes_conv(
         model = build_model(CONV_MODEL)
         record = {"model": CONV_MODEL, "dataset": "synthetic-shapes", "backbone": load_backbone(model, backbone)}
         workers = workers or min(4, os.cpu_count() or 1)
-        for stage, length in sorted((CONV_STAGES if stages is None else stages).items()):
-            record[f"stage{stage}"] = _fine_tune(
-                model, seed=seed, steps=length.steps, pool=length.pool, lr=length.lr, eval_every=eval_every,
-                workers=workers, log=log, clock=clock, stage=stage,
-            )  # fmt: skip
+        record |= later_stages({}, CONV_STAGES if stages is None else stages, lambda stage, length: _fine_tune(
+            model, seed=seed, steps=length.steps, pool=length.pool, lr=length.lr, eval_every=eval_every,
+            workers=workers, log=log, clock=clock, stage=stage,
+        ))  # fmt: skip
         figures = _test_figures(model, eval_images)
     finally:
         torch.set_num_threads(threads)
