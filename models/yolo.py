@@ -194,8 +194,8 @@ class YoloConvHead(nn.Module):
     Not the paper's head: YOLO v2 replaced the fully connected layers by convolutions (its anchors are left out
     here, so the output, the loss and :func:`decode` stay v1's). Every cell is read by the same weights from the
     features around it, so a shape seen in one cell during training is known in every cell, where v1's FC head
-    learns each cell's answer separately and needs a feature map exactly S×S (the darknet's output side must be
-    the grid). On the shapes demo this head, with 2.5 times fewer weights, found more held-out shapes (README).
+    learns each cell's answer separately. The price: one cell per feature, so the darknet's output side must be the
+    grid. On the shapes demo this head, with 2.5 times fewer weights, found more held-out shapes (README).
     """
 
     def __init__(self, in_channels: int, hidden: int, *, boxes: int, num_classes: int) -> None:
