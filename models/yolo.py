@@ -315,6 +315,7 @@ def yolo_loss(
     C: int,
     lambda_coord: float = 5.0,
     lambda_noobj: float = 0.5,
+    confidence_target: str = "iou",
 ) -> torch.Tensor:
     """The paper's sum-squared loss (its equation 3), summed over the grid and averaged over the batch.
 
@@ -323,7 +324,14 @@ def yolo_loss(
     it alone is pulled towards the box (x, y, √w, √h, weighted by λcoord) and its confidence towards that IoU.
     Every other predictor's confidence is pulled to 0 (weighted by λnoobj), and the class probabilities of a cell
     are trained only where it holds an object.
+
+    ``confidence_target="one"`` pulls the responsible predictor's confidence to 1 instead, as YOLO v3's objectness
+    does: with the paper's target a found object scores its box's IoU (often 0.5–0.7 on small shapes) times its
+    class probability, so a fixed score threshold drops good boxes; with 1 the score says "an object is here"
+    and the box's quality is left to the coordinates' loss.
     """
+    if confidence_target not in ("iou", "one"):
+        raise ValueError(f"unknown confidence_target {confidence_target!r}; one of iou, one")
     n = pred.shape[0]
     boxes = pred[..., : B * 5].reshape(n, S, S, B, 5)  # (N, S, S, B, 5)
     class_probs = pred[..., B * 5 :]  # (N, S, S, C)
@@ -339,7 +347,7 @@ def yolo_loss(
     confidence = boxes[..., 4]
     loss = (
         lambda_coord * (responsible * (xy + sqrt_wh)).sum()
-        + (responsible * (confidence - iou.detach()) ** 2).sum()
+        + (responsible * (confidence - (iou.detach() if confidence_target == "iou" else 1.0)) ** 2).sum()
         + lambda_noobj * (not_responsible * confidence**2).sum()
         + (has_object[..., None] * (class_probs - target[..., 5:]) ** 2).sum()
     )

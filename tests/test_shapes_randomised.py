@@ -158,14 +158,33 @@ def test_stage_four_pool_has_patches_and_some_photographs(photo_calls: list, pat
     assert "patches=0.6" in STAGES[4].describe(6000, 0, 16) and STAGES[4].window(0, 10, 16, 6000) == (2, 0, 6000)
 
 
-def test_stage_five_is_stage_four_on_other_scenes() -> None:
-    four, five = STAGES[4], STAGES[5]
-    assert (five.lowest_level, five.photos, five.patches, five.classic_share) == (
+@pytest.mark.parametrize("later", [5, 6])
+def test_stages_five_and_six_are_stage_four_on_other_scenes(later: int) -> None:
+    four, other = STAGES[4], STAGES[later]
+    assert (other.lowest_level, other.photos, other.patches, other.classic_share) == (
         four.lowest_level, four.photos, four.patches, four.classic_share
     )  # fmt: skip
-    a, b = four.pool(6, 0, (128, 128), workers=1), five.pool(6, 0, (128, 128), workers=1)
-    assert not any(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
-    assert four.describe(6000, 0, 16) != five.describe(6000, 0, 16)
+    pools = [STAGES[k].pool(6, 0, (128, 128), workers=1) for k in (4, 5, 6)]
+    mine = pools[later - 4]
+    for k, pool in zip((4, 5, 6), pools, strict=True):
+        if k != later:
+            assert not any(np.array_equal(x.image, y.image) for x, y in zip(mine, pool, strict=True))
+    assert four.describe(6000, 0, 16) != other.describe(6000, 0, 16)
+
+
+def test_a_training_run_has_one_thread_and_gives_the_machine_its_threads_back() -> None:
+    import torch
+    from cnnserve.export.demos.shapes_eval import training_run
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="stop"), training_run(7, None) as (clock, workers):
+        assert torch.get_num_threads() == 1 and 1 <= workers <= 4
+        first = torch.rand(3)
+        assert clock().endswith(" s") and clock.seconds() >= 0
+        raise RuntimeError("stop")
+    assert torch.get_num_threads() == before
+    with training_run(7, 3) as (_, workers):
+        assert workers == 3 and torch.equal(torch.rand(3), first)  # torch's seed is the run's
 
 
 def test_the_trainers_watch_other_scenes_than_the_test_sets() -> None:

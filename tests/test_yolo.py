@@ -197,6 +197,20 @@ def test_the_lambda_weights_matter() -> None:
     assert yolo_loss(empty_cell, target, S=S, B=B, C=C, lambda_noobj=1.0).item() == pytest.approx(1.0)
 
 
+def test_the_confidence_target_is_the_iou_or_one() -> None:
+    target = encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE)[None]
+    pred = _perfect_prediction(target[0])
+    shifted = pred.clone()
+    shifted[0, 1, 1, 0] += 0.1  # the responsible box moves a tenth of a cell: IoU < 1, its confidence still 1
+    coordinates = 5.0 * 0.1**2
+    by_iou = yolo_loss(shifted, target, S=S, B=B, C=C).item()
+    by_one = yolo_loss(shifted, target, S=S, B=B, C=C, confidence_target="one").item()
+    assert by_one == pytest.approx(coordinates)  # confidence 1 is what "one" asks for
+    assert by_iou > by_one + 1e-4  # the paper's target is the IoU, below 1: its confidence is pulled down
+    with pytest.raises(ValueError, match="confidence_target"):
+        yolo_loss(pred, target, S=S, B=B, C=C, confidence_target="iou2")
+
+
 def test_the_responsible_box_is_the_one_with_the_best_iou() -> None:
     target = encode_targets(BOXES, LABELS, S=S, C=C, image_size=SIZE)[None]
     pred = _perfect_prediction(target[0])
@@ -338,6 +352,35 @@ def test_training_reproduces_the_conv_demo(tmp_path: Path) -> None:
     trained = load_file(str(tmp_path / f"{CONV_MODEL}.safetensors"))
     expected = load_file(str(DEMO_WEIGHTS_DIR / f"{CONV_MODEL}.safetensors"))
     assert trained.keys() == expected.keys() and all(torch.equal(trained[k], expected[k]) for k in expected)
+
+
+def test_the_conv_trainer_runs_the_stages_after_an_earlier_run(tmp_path: Path, monkeypatch) -> None:
+    """The shipped yolov1_shapes_conv is stage 6 run on the weights of a stage-5 run: that must give the weights of
+    one run of both stages, tensor for tensor, and stage 6 pulls confidences to 1 (tiny stages, few scenes)."""
+    from cnnserve.export.demos import shapes_eval
+    from cnnserve.export.demos import yolo_shapes as ys
+
+    monkeypatch.setattr(ys, "TRAIN_IMAGES", 16)  # the classic scenes of each batch
+    monkeypatch.setattr(shapes_eval, "watch_sets", lambda size, n=100: {"held_out": shapes_eval.test_set(
+        "held_out", 4, size, seed=shapes_eval.VALIDATION_SEED)})  # fmt: skip
+    short = {5: shapes_eval.StageLength(2, 16, 1e-3), 6: shapes_eval.StageLength(2, 16, 5e-4)}
+    options = {"eval_images": 4, "eval_every": 2, "workers": 1, "log": lambda _: None}
+    whole = train_yolo_shapes_conv(tmp_path / "whole", stages=short, **options)
+    first = train_yolo_shapes_conv(
+        tmp_path / "first", stages={**short, 6: shapes_eval.StageLength(0, 16, 5e-4)}, **options
+    )
+    assert first["stage6"] == "none"
+    rest = train_yolo_shapes_conv(
+        tmp_path / "rest", stages=short, after=tmp_path / "first" / f"{CONV_MODEL}.safetensors", **options
+    )
+    assert rest["backbone"] == whole["backbone"] and rest["stage5"] == first["stage5"] == whole["stage5"]
+    assert rest["stage6"] == whole["stage6"] and "confidence target 1" in rest["stage6"]
+    assert "confidence target" not in rest["stage5"]
+    one_run = load_file(str(tmp_path / "whole" / f"{CONV_MODEL}.safetensors"))
+    resumed = load_file(str(tmp_path / "rest" / f"{CONV_MODEL}.safetensors"))
+    stage5 = load_file(str(tmp_path / "first" / f"{CONV_MODEL}.safetensors"))
+    assert all(torch.equal(one_run[k], resumed[k]) for k in one_run)
+    assert not all(torch.equal(stage5[k], resumed[k]) for k in stage5)  # stage 6 did run
 
 
 def test_recall_and_precision_at_one_operating_point() -> None:

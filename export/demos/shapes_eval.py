@@ -16,6 +16,10 @@ figures are what ``/detect`` and ``/segment`` answer.
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +44,8 @@ __all__ = [
     "StageLength",
     "resume",
     "later_stages",
+    "Clock",
+    "training_run",
 ]
 
 TEST_SETS = ("classic", "randomised", "held_out", "held_out_simple")
@@ -50,6 +56,7 @@ PATCH_SEED = TRAIN_SEED + 3000  # stage 4's pool: flat polygons that are not sha
 PATCH_SHARE = 0.6
 PATCH_PHOTOS = 0.3
 FRESH_PATCH_SEED = TRAIN_SEED + 4000  # stage 5's pool: stage 4's kind of scene, other scenes
+SIXTH_PATCH_SEED = TRAIN_SEED + 5000  # stage 6's pool: the same kind again, other scenes
 # The held-out generator's scenes the trainers watch while they run (their logs): another seed than the test set's,
 # so a stage's length chosen by watching them is not chosen on the scenes the README reports.
 VALIDATION_SEED = HELD_OUT_SEED + 1
@@ -165,6 +172,8 @@ STAGES = {
 }
 # Stage 4 again on a pool of other scenes: the held-out validation scenes still improved at its end.
 STAGES[5] = replace(STAGES[4], seed=FRESH_PATCH_SEED)
+# And again (the convolutional YOLO's calibration stage, ``yolo_shapes.CONV_STAGES``), on scenes stage 5 did not see.
+STAGES[6] = replace(STAGES[4], seed=SIXTH_PATCH_SEED)
 
 
 @dataclass(frozen=True)
@@ -201,3 +210,35 @@ def later_stages(done: dict[str, str], lengths: dict[int, StageLength], run) -> 
         else:
             texts[key] = "none" if length.steps <= 0 else run(stage, length)
     return texts
+
+
+class Clock:
+    """Time since a training run started: ``clock()`` is "123 s" for the logs, ``seconds()`` for the report
+    (never for a committed record)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self) -> str:
+        return f"{self.seconds():.0f} s"
+
+
+@contextmanager
+def training_run(seed: int, workers: int | None) -> Iterator[tuple[Clock, int]]:
+    """The frame of every shapes trainer's run: one intra-op thread while it lasts (the same arithmetic, so the same
+    weights, on any machine with this torch, and on a shared machine faster than threads that wait for each other),
+    torch's global seed set before the model is built (its first weights), a clock, and how many processes draw
+    the scenes (``workers``, else up to 4 of the machine's cores: the scenes are the same for any number)."""
+    import torch
+
+    clock = Clock()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        yield clock, workers or min(4, os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(threads)

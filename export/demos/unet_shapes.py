@@ -9,7 +9,6 @@ flips), which maps every class onto itself: squares stay axis-aligned, circles a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -309,26 +308,15 @@ def train_unet_shapes(
     threads that wait for each other. The record holds the four test sets' figures (:mod:`.shapes_eval`) and no
     timings (it is committed; timings go to the log).
     """
-    import os
-
     import torch
     from cnnserve.models import build_model
     from safetensors.torch import load_file, save_file
 
-    from .shapes_eval import TEST_SETS, later_stages, resume, test_set
+    from .shapes_eval import TEST_SETS, later_stages, resume, test_set, training_run
 
-    start = time.perf_counter()
-
-    def clock() -> str:
-        return f"{time.perf_counter() - start:.0f} s"
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
+    with training_run(seed, workers) as (clock, workers):
         # channels_last: faster convolutions on CPU; the weights (and the exported graph) do not depend on it.
         model = build_model("unet").to(memory_format=torch.channels_last)
-        workers = workers or min(4, os.cpu_count() or 1)
         done = {} if after is None else resume(model, Path(after))
         if done:
             stage1, stage2 = done["stage1"], done["stage2"]
@@ -353,8 +341,6 @@ def train_unet_shapes(
         size = _spec().input_size
         figures = {name: _figures(evaluate(model, test_set(name, eval_scenes, size))) for name in TEST_SETS}
         first = _figures(evaluate(model))  # the first demo's in-domain set (200 classic scenes), as before
-    finally:
-        torch.set_num_threads(threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(output_dir / "unet.safetensors"))
     record = {
@@ -383,7 +369,7 @@ def train_unet_shapes(
         **first,  # mean_iou and iou on it: the figure the precision gates and the HTTP tests use
         "torch": torch.__version__,
     }
-    record["train_seconds"] = round(time.perf_counter() - start, 1)  # the report's, not the sidecar's
+    record["train_seconds"] = round(clock.seconds(), 1)  # the report's, not the sidecar's
     write_record(output_dir / "unet.json", record)
     for name, values in figures.items():
         log(f"{name}: {values}")
