@@ -453,5 +453,6 @@ def yolov1_shapes(*, num_classes: int = 3, **kwargs: Any) -> YOLOv1:
 )
 def yolov1_shapes_conv(*, num_classes: int = 3, **kwargs: Any) -> YOLOv1:
     """The shapes detector with :class:`YoloConvHead` (v1's output, loss and decode); the served ``/detect``
-    default. Trained from ``yolov1_shapes``' darknet (``cnnserve train yolo-shapes-conv``)."""
+    default. Trained from ``yolov1_shapes``' darknet (``cnnserve train yolo-shapes-conv``), its last two stages with
+    ``yolo_loss(confidence_target="one")``."""
     return _yolov1("yolov1_shapes_conv", num_classes=num_classes, **kwargs)

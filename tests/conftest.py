@@ -38,8 +38,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def model_store() -> dict[str, str]:
-    """Export the test models into the session store once: the trained demos (LeNet-5, YOLO, CAE, U-Net, the
-    inpainting CAE, the VAE), LeNet-5's uint8-input variant (what a Triton client's own pre-processing feeds:
+    """Export the test models into the session store once: the trained demos (LeNet-5, both YOLOs, CAE, U-Net,
+    the inpainting CAE, the VAE), LeNet-5's uint8-input variant (what a Triton client's own pre-processing feeds:
     tests/test_triton_clients.py) and a seeded random ResNet-18, plus a deliberately broken entry (a truncated ONNX
     file) to prove that one bad model does not stop the others, and a LeNet-5 whose contract is that of a file
     exported before `/embed` (no list of outputs)."""
@@ -52,6 +52,7 @@ def model_store() -> dict[str, str]:
         "lenet5-u8": export_model("lenet5", weights="demo", input_dtype="uint8", embedding=False).tag,
         "resnet18": export_model("resnet18", weights="random").tag,
         "yolov1_shapes": export_model("yolov1_shapes", weights="demo").tag,
+        "yolov1_shapes_conv": export_model("yolov1_shapes_conv", weights="demo").tag,  # /detect's default
         "cae": export_model("cae", weights="demo").tag,
         "unet": export_model("unet", weights="demo").tag,
         "cae_inpaint": export_model("cae_inpaint", weights="demo").tag,
@@ -175,14 +176,20 @@ def stop_server(server: Server) -> None:
         os.killpg(server.process.pid, signal.SIGKILL)
 
 
+# What the session's server serves: the store's test models, a tag that is not in the store, and the broken entry.
+SERVED = (
+    "lenet5", "lenet5-u8", "resnet18", "yolov1_shapes", "yolov1_shapes_conv", "cae", "unet", "broken", "not-exported",
+    "xss_labels", "cae_inpaint", "cvae", "lenet5_before_embed",
+)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def server(model_store: dict[str, str]) -> Iterator[Server]:
     """One `bentoml serve` for the session: the test models, the broken entry, a tag that is not in the store and a
     classifier whose labels are HTML (for the page's tests)."""
     srv = start_server(
         {
-            "CNNSERVE_MODELS": "lenet5,lenet5-u8,resnet18,yolov1_shapes,cae,unet,broken,not-exported,xss_labels,"
-            "cae_inpaint,cvae,lenet5_before_embed",
+            "CNNSERVE_MODELS": ",".join(SERVED),
             "CNNSERVE_MAX_UPLOAD_MB": "2",
             "CNNSERVE_HEADER_TIMEOUT_S": "3",  # tests/test_reliability.py: slow-header clients
         },

@@ -263,9 +263,9 @@ def test_dropped_and_pasted_images_are_classified(page, digits) -> None:
 
 
 def test_detection_draws_every_box_of_the_answer_and_filters_by_score(page, server, shots) -> None:
-    choose(page, "detect", "yolov1_shapes")
+    choose(page, "detect", "yolov1_shapes_conv")  # the served default: the README's screenshot
     assert sample(page, "shapes.jpg") == "done"
-    expected = post(server, "detect", (SAMPLES / "shapes.jpg").read_bytes(), model="yolov1_shapes").json()
+    expected = post(server, "detect", (SAMPLES / "shapes.jpg").read_bytes(), model="yolov1_shapes_conv").json()
     boxes = expected["detections"]
     assert len(boxes) >= 2
     canvas = page.find_element(By.ID, "answer-canvas")

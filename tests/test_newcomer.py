@@ -59,8 +59,8 @@ def test_every_endpoint_default_is_in_the_default_set() -> None:
 def test_models_states_each_endpoints_default_and_it_answers(server) -> None:
     body = requests.get(f"{server.url}/models", timeout=10).json()
     defaults = {e["route"]: e["default_model"] for e in body["endpoints"]}
-    # The test server serves yolov1_shapes, not the default set's yolov1_shapes_conv: the first served detector answers.
-    assert defaults["/classify"] == "lenet5" and defaults["/detect"] == "yolov1_shapes"
+    # The test server serves both YOLOs; /detect's default is the default set's, yolov1_shapes_conv.
+    assert defaults["/classify"] == "lenet5" and defaults["/detect"] == "yolov1_shapes_conv"
     assert defaults["/segment"] == "unet" and defaults["/anomaly"] == "cae"
     digit = _digit_png()
     assert post_image(server, "/classify", digit).json()["model"] == "lenet5"

@@ -159,7 +159,7 @@ def test_models_lists_readiness_per_model(server) -> None:
     assert response.status_code == 200
     by_name = {m["name"]: m for m in response.json()["models"]}
     served = {"lenet5", "lenet5-u8", "resnet18", "yolov1_shapes", "cae", "unet", "broken", "not-exported", "xss_labels"}
-    served |= {"cae_inpaint", "cvae", "lenet5_before_embed"}
+    served |= {"cae_inpaint", "cvae", "lenet5_before_embed", "yolov1_shapes_conv"}
     assert set(by_name) == served
     lenet = by_name["lenet5"]
     assert lenet["ready"] is True and lenet["task"] == "classification"

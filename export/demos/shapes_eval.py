@@ -57,6 +57,7 @@ PATCH_SHARE = 0.6
 PATCH_PHOTOS = 0.3
 FRESH_PATCH_SEED = TRAIN_SEED + 4000  # stage 5's pool: stage 4's kind of scene, other scenes
 SIXTH_PATCH_SEED = TRAIN_SEED + 5000  # stage 6's pool: the same kind again, other scenes
+SEVENTH_PATCH_SEED = TRAIN_SEED + 6000  # stage 7's: and again
 # The held-out generator's scenes the trainers watch while they run (their logs): another seed than the test set's,
 # so a stage's length chosen by watching them is not chosen on the scenes the README reports.
 VALIDATION_SEED = HELD_OUT_SEED + 1
@@ -172,8 +173,10 @@ STAGES = {
 }
 # Stage 4 again on a pool of other scenes: the held-out validation scenes still improved at its end.
 STAGES[5] = replace(STAGES[4], seed=FRESH_PATCH_SEED)
-# And again (the convolutional YOLO's calibration stage, ``yolo_shapes.CONV_STAGES``), on scenes stage 5 did not see.
+# And again, twice (the convolutional YOLO's stages with confidences pulled to 1, ``yolo_shapes.CONV_STAGES``), on
+# scenes the stages before did not see.
 STAGES[6] = replace(STAGES[4], seed=SIXTH_PATCH_SEED)
+STAGES[7] = replace(STAGES[4], seed=SEVENTH_PATCH_SEED)
 
 
 @dataclass(frozen=True)
