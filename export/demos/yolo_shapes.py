@@ -9,10 +9,10 @@ The two models share their contract but for the input size, which every function
 
 Training is the paper's loss (``models.yolo.yolo_loss``) with batch norm and AdamW (one-cycle schedule), on a fixed
 generated set with random flips and transposes; the convolutional demo's last two stages pull a found object's
-confidence to 1 instead of to its box's IoU (:data:`CONV_CONFIDENCE`). The score is VOC-style mAP@0.5 (all-point interpolated AP, averaged
-over the three classes), measured on freshly generated held-out scenes through the *exported* post-processing —
-``export.yolo.YoloExport`` (decode → threshold → class-wise NMS) run in PyTorch — so it is the number the ONNX file
-reproduces.
+confidence to 1 instead of to its box's IoU (:data:`CONV_CONFIDENCE`). The score is VOC-style mAP@0.5 (all-point
+interpolated AP, averaged over the three classes), measured on freshly generated held-out scenes through the
+*exported* post-processing — ``export.yolo.YoloExport`` (decode → threshold → class-wise NMS) run in PyTorch — so it
+is the number the ONNX file reproduces.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from PIL import Image
 
 from .records import write_record
 from .shapes import HELD_OUT_SEED, TRAIN_SEED, ShapesSample, make_dataset
-from .shapes_eval import StageLength
+from .shapes_eval import Clock, StageLength
 
 __all__ = [
     "MODEL",
@@ -62,8 +62,9 @@ EVAL_EVERY = 500
 # unchanged (0.626 → 0.624), int8 0.9 points below fp32.
 LATER = {3: StageLength(steps=0, pool=6000, lr=5e-4), 4: StageLength(steps=4000, pool=6000, lr=3e-4)}
 # yolov1_shapes_conv (models.yolo.YoloConvHead on yolov1_shapes' darknet, at its own 256² input): its stages, after
-# the darknet's own: 4,000 steps of stage 5's scenes. The same at 128² measured validation mAP 0.773 (recall / precision
-# at 0.25: 0.709 / 0.876); at 256² 0.790 (0.674 / 0.932), so 256² is the registered size (README).
+# the darknet's own: 4,000 steps of stage 5's scenes (then stages 6 and 7, below). The same at 128² measured
+# validation mAP 0.773 (recall / precision at 0.25: 0.709 / 0.876); at 256² 0.790 (0.674 / 0.932), so 256² is the
+# registered size (README).
 CONV_MODEL = "yolov1_shapes_conv"
 CONV_STAGES = {
     5: StageLength(steps=4000, pool=6000, lr=1e-3),
@@ -488,7 +489,7 @@ def _test_figures(model, eval_images: int) -> dict:
 
 
 def _save(
-    model, name: str, output_dir: Path, record: dict, figures: dict, *, seed: int, eval_images: int, clock, log
+    model, name: str, output_dir: Path, record: dict, figures: dict, *, seed: int, eval_images: int, clock: Clock, log
 ) -> dict:
     """Write ``name``'s weights and its record (how it was trained, then the test sets' figures) to ``output_dir``."""
     import torch
