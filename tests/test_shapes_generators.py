@@ -13,9 +13,8 @@ import pytest
 import torch
 from cnnserve.export.demos.shapes import CLASSES, HELD_OUT_SEED, make_dataset
 from cnnserve.export.demos.shapes_heldout import _held_out, make_held_out, resize_sample
-from cnnserve.export.weights import DEMO_WEIGHTS_DIR
-from cnnserve.models import build_model
-from safetensors.torch import load_file
+from cnnserve.export.weights import load_demo
+from cnnserve.models import build_model, get_spec
 
 # The shipped weights (trained on the classic and randomised generators) on make_held_out(300, seed=HELD_OUT_SEED)
 # and on its plain set make_simple_held_out(300, seed=HELD_OUT_SEED) — the README's figures. Issue 19's goals (YOLO
@@ -72,6 +71,13 @@ def test_the_held_out_scenes_are_not_the_training_scenes() -> None:
     assert {s.image.shape for s in train} == {(128, 128, 3)}  # the training generator draws at the input size
 
 
+def _shipped(name: str) -> torch.nn.Module:
+    """A demo with the weights the repository ships, loaded as the exporter loads them (``load_demo``)."""
+    model = build_model(name).eval()
+    model.load_state_dict(load_demo(get_spec(name))[0], strict=True)
+    return model
+
+
 def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
     """The README's held-out figures are what the shipped weights measure: issue 19's goals hold on the plain set
     (the kind of scene the issue reported failing) and fall short on the main one."""
@@ -80,8 +86,7 @@ def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
     from cnnserve.export.demos.unet_shapes import evaluate_held_out as unet_held_out
     from cnnserve.export.demos.yolo_shapes import evaluate_held_out as yolo_held_out
 
-    yolo = build_model("yolov1_shapes").eval()
-    yolo.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / "yolov1_shapes.safetensors")), strict=True)
+    yolo = _shipped("yolov1_shapes")
     measured = yolo_held_out(yolo)
     for key, value in YOLO_HELD_OUT.items():
         assert measured[key] == pytest.approx(value, abs=1e-3), (key, measured)
@@ -89,15 +94,13 @@ def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
     for key, value in YOLO_PLAIN.items():
         assert plain[key] == pytest.approx(value, abs=1e-3), (key, plain)
     assert plain["recall50"] >= 0.8 and plain["map50"] >= 0.7
-    conv = build_model("yolov1_shapes_conv").eval()
-    conv.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / "yolov1_shapes_conv.safetensors")), strict=True)
+    conv = _shipped("yolov1_shapes_conv")
     for name, expected in (("held_out", CONV_HELD_OUT), ("held_out_simple", CONV_PLAIN)):
         measured = yolo_held_out(conv, name=name)
         for key, value in expected.items():
             assert measured[key] == pytest.approx(value, abs=1e-3), (name, key, measured)
         assert measured["map50"] >= 0.7
-    unet = build_model("unet").eval()
-    unet.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / "unet.safetensors")), strict=True)
+    unet = _shipped("unet")
     with torch.no_grad():
         held_out_miou = unet_held_out(unet)["mean_iou"]
         assert held_out_miou == pytest.approx(UNET_HELD_OUT_MIOU, abs=1e-3) and held_out_miou >= 0.8

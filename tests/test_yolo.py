@@ -3,7 +3,6 @@ loss, the ONNX graph with its in-graph NMS and threshold inputs, and the shipped
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cnnserve.export.yolo  # noqa: F401  (registers the "yolo" export until export/wrappers.py lists it)
@@ -26,7 +25,7 @@ from cnnserve.export.demos.yolo_shapes import (
     train_yolo_shapes,
     train_yolo_shapes_conv,
 )
-from cnnserve.export.weights import DEMO_WEIGHTS_DIR
+from cnnserve.export.weights import DEMO_WEIGHTS_DIR, load_demo
 from cnnserve.export.yolo import YoloExport
 from cnnserve.models.yolo import YoloConvHead, decode, encode_targets, yolo_loss
 from safetensors.torch import load_file
@@ -53,14 +52,16 @@ def _perfect_prediction(target: torch.Tensor) -> torch.Tensor:
 
 
 def _demo(name: str = MODEL) -> tuple[torch.nn.Module, dict]:
+    """A shipped demo, as the exporter loads it (``load_demo``): the model with its weights, and their record."""
+    state, record = load_demo(models.get_spec(name))
     model = models.build_model(name).eval()
-    model.load_state_dict(load_file(str(DEMO_WEIGHTS_DIR / f"{name}.safetensors")), strict=True)
-    return model, json.loads((DEMO_WEIGHTS_DIR / f"{name}.json").read_text())
+    model.load_state_dict(state, strict=True)
+    return model, record
 
 
-def _scenes(model: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
-    """Classic scenes as the model's input batch (each shapes demo at its own input size)."""
-    return torch.from_numpy(shapes_batch(make_dataset(n, seed=seed), (model.image_size, model.image_size)))
+def _scenes(name: str, n: int, seed: int) -> torch.Tensor:
+    """Classic scenes as the input batch of the shapes demo ``name`` (each at its own input size)."""
+    return torch.from_numpy(shapes_batch(make_dataset(n, seed=seed), models.get_spec(name).input_size))
 
 
 # --- the architecture --------------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: tuple[str, Pa
     model, _ = _demo(name)
     wrapped = YoloExport(model, models.get_spec(name)).eval()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    images = _scenes(model, batch, seed=777)
+    images = _scenes(name, batch, seed=777)
     counts = {}
     # 0.001: the demo is sure of these classic scenes; it scores few boxes under 0.25, and at 0.01 none of them
     # overlaps another by between 0.45 and 0.9 (so the NMS threshold would change nothing there). The convolutional
@@ -276,7 +277,7 @@ def test_onnx_matches_pytorch_on_scenes_with_detections(demo_onnx: tuple[str, Pa
 
 def test_padded_rows_are_zeros(demo_onnx: tuple[str, Path]) -> None:
     session = ort.InferenceSession(str(demo_onnx[1]), providers=["CPUExecutionProvider"])
-    images = _scenes(_demo(demo_onnx[0])[0], 2, seed=778)
+    images = _scenes(demo_onnx[0], 2, seed=778)
     boxes, scores, labels, counts = _onnx_detections(session, images, 0.25, 0.45)
     for i, n in enumerate(counts):
         assert (scores[i, :n] > 0.25).all() and (np.diff(scores[i, :n]) <= 0).all()  # best first
@@ -285,7 +286,7 @@ def test_padded_rows_are_zeros(demo_onnx: tuple[str, Path]) -> None:
 
 def test_an_iou_threshold_outside_0_1_is_clamped_not_an_error(demo_onnx: tuple[str, Path]) -> None:
     session = ort.InferenceSession(str(demo_onnx[1]), providers=["CPUExecutionProvider"])
-    images = _scenes(_demo(demo_onnx[0])[0], 2, seed=779)
+    images = _scenes(demo_onnx[0], 2, seed=779)
     for outside, inside in ((1.5, 1.0), (-0.5, 0.0)):
         got, expected = (_onnx_detections(session, images, 0.05, iou) for iou in (outside, inside))
         for g, e in zip(got, expected, strict=True):
@@ -347,10 +348,9 @@ def test_training_reproduces_the_demo(tmp_path: Path) -> None:
 def test_training_reproduces_the_conv_demo(tmp_path: Path) -> None:
     """One command from the shipped darknet gives the shipped yolov1_shapes_conv, tensor for tensor."""
     record = train_yolo_shapes_conv(tmp_path, log=lambda _: None)
-    shipped = json.loads((DEMO_WEIGHTS_DIR / f"{CONV_MODEL}.json").read_text())
+    expected, shipped = load_demo(models.get_spec(CONV_MODEL))
     assert {k: v for k, v in record.items() if k != "seconds"} == {k: v for k, v in shipped.items() if k != "seconds"}
     trained = load_file(str(tmp_path / f"{CONV_MODEL}.safetensors"))
-    expected = load_file(str(DEMO_WEIGHTS_DIR / f"{CONV_MODEL}.safetensors"))
     assert trained.keys() == expected.keys() and all(torch.equal(trained[k], expected[k]) for k in expected)
 
 
