@@ -57,6 +57,8 @@ __all__ = [
     "YOLOv1",
     "encode_targets",
     "decode",
+    "symmetry_average",
+    "VIEW_COUNTS",
     "yolo_loss",
     "yolov1",
     "yolov1_tiny",
@@ -144,6 +146,7 @@ class YoloConfig:
     image_size: int = 448
     dropout: float = 0.5  # after the first fully connected layer, as in the paper
     head: str = "fc"  # "fc": the paper's two fully connected layers; "conv": YoloConvHead
+    views: int = 1  # symmetries of the square averaged at inference (symmetry_average); 1: the image alone
 
 
 CONFIGS: dict[str, YoloConfig] = {
@@ -154,7 +157,7 @@ CONFIGS: dict[str, YoloConfig] = {
     # The same darknet (stride 16) on a 256×256 input, so a 16×16 grid: at 128² a shape a tenth of an upload across
     # is 8–13 pixels, and those were most of what the demo missed (README, "The shapes demos on scenes drawn another
     # way"). The FC head could not follow the input size; a convolutional head does by itself.
-    "yolov1_shapes_conv": YoloConfig(SHAPES_DARKNET_CONV, hidden=256, grid=16, image_size=256, head="conv"),
+    "yolov1_shapes_conv": YoloConfig(SHAPES_DARKNET_CONV, hidden=256, grid=16, image_size=256, head="conv", views=8),
 }
 
 
@@ -223,9 +226,13 @@ class YOLOv1(nn.Module):
         in_channels: int = 3,
         dropout: float = 0.5,
         head: str = "fc",
+        views: int = 1,
     ) -> None:
         super().__init__()
+        if views not in VIEW_COUNTS:
+            raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}, not {views}")
         self.grid, self.boxes, self.num_classes, self.image_size = grid, boxes, num_classes, image_size
+        self.views = views  # read by the export (symmetry_average); training and forward() see one view
         self.features, channels, stride = self._make_darknet(darknet, in_channels)
         if image_size % stride:
             raise ValueError(f"image_size {image_size} must be a multiple of the darknet's stride {stride}")
@@ -261,6 +268,64 @@ class YOLOv1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (N, 1024, 7, 7) → (N, S, S, B·5 + C) for yolov1
+
+
+# The symmetries of the square as (transpose, mirror left-right, mirror top-bottom), applied in that order; the first
+# n of them are the n views averaged (1: the image; 2: and its mirror image; 4: and both upside down; 8: all).
+SYMMETRIES = tuple((t, x, y) for t in (False, True) for y in (False, True) for x in (False, True))
+VIEW_COUNTS = (1, 2, 4, 8)
+
+
+def _view(images: torch.Tensor, transpose: bool, mirror_x: bool, mirror_y: bool) -> torch.Tensor:
+    if transpose:
+        images = images.transpose(-1, -2)
+    if mirror_x:
+        images = images.flip(-1)
+    if mirror_y:
+        images = images.flip(-2)
+    return images
+
+
+def _unview(pred: torch.Tensor, boxes: int, transpose: bool, mirror_x: bool, mirror_y: bool) -> torch.Tensor:
+    """A view's (N, S, S, B·5 + C) answer → the image's: undo the mirrors and the transpose, on the grid (which
+    cell) and in the boxes (where in the cell, which side is the width)."""
+    n, rows, cols, _ = pred.shape
+    box = pred[..., : boxes * 5].reshape(n, rows, cols, boxes, 5)
+    classes = pred[..., boxes * 5 :]
+    x, y, root_w, root_h, confidence = box.unbind(-1)
+    if mirror_y:
+        x, y, root_w, root_h, confidence, classes = (t.flip(1) for t in (x, y, root_w, root_h, confidence, classes))
+        y = 1 - y
+    if mirror_x:
+        x, y, root_w, root_h, confidence, classes = (t.flip(2) for t in (x, y, root_w, root_h, confidence, classes))
+        x = 1 - x
+    if transpose:
+        x, y, root_w, root_h, confidence, classes = (
+            t.transpose(1, 2) for t in (y, x, root_h, root_w, confidence, classes)
+        )
+    box = torch.stack((x, y, root_w, root_h, confidence), dim=-1)  # (N, S, S, B, 5)
+    return torch.cat((box.reshape(*classes.shape[:3], boxes * 5), classes), dim=-1)
+
+
+def symmetry_average(model: YOLOv1, images: torch.Tensor, views: int) -> torch.Tensor:
+    """The model's (N, S, S, B·5 + C) answer averaged over the first ``views`` symmetries of the square
+    (:data:`SYMMETRIES`): each view of the images is predicted (all in one batch of views·N), its answer mapped
+    back onto the image's grid, and the answers averaged before any decoding.
+
+    Why: a detector trained on all eight views of its scenes (the shapes demos' flips and transposes) gives eight
+    equally good, not equally wrong, answers for one scene; their mean is an ensemble with no more weights (YOLO v5
+    calls it ``--augment``). It costs ``views`` times the compute, and it lowers the scores of what only some views
+    see, so the operating threshold is chosen with it. Transposes need square images (the service resizes to the
+    model's square input).
+    """
+    if views == 1:
+        return model(images)
+    if views > 2 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"{views} views need square images, not {tuple(images.shape[-2:])}")
+    chosen = SYMMETRIES[:views]
+    pred = model(torch.cat([_view(images, *v) for v in chosen]))  # (views·N, S, S, B·5 + C)
+    pred = pred.reshape(views, -1, *pred.shape[1:])
+    return torch.stack([_unview(pred[i], model.boxes, *v) for i, v in enumerate(chosen)]).mean(0)
 
 
 def encode_targets(
@@ -412,6 +477,7 @@ def _yolov1(name: str, *, num_classes: int, image_size: int | None = None, **kwa
         "image_size": image_size or config.image_size,
         "dropout": config.dropout,
         "head": config.head,
+        "views": config.views,
     }
     return YOLOv1(config.darknet, num_classes=num_classes, **{**options, **kwargs})
 

@@ -18,12 +18,13 @@ from cnnserve.models import build_model, get_spec
 
 # The shipped weights (trained on the classic and randomised generators) on make_held_out(300, seed=HELD_OUT_SEED)
 # and on its plain set make_simple_held_out(300, seed=HELD_OUT_SEED) — the README's figures. Issue 19's goals (YOLO
-# recall@0.5 ≥ 0.8 with mAP@0.5 ≥ 0.7, U-Net mean IoU ≥ 0.8) hold on the plain set; on the main one the U-Net's
-# holds, YOLO's not yet.
+# recall@0.5 ≥ 0.8 with mAP@0.5 ≥ 0.7, U-Net mean IoU ≥ 0.8) hold on both sets for the served detector and the U-Net;
+# yolov1_shapes, v1's fully connected head, meets them on the plain set only.
 YOLO_HELD_OUT = {"map50": 0.6532, "recall50": 0.6235, "precision50": 0.8008}
-# The served detector, yolov1_shapes_conv (a convolutional head at 256²): its mAP goal holds on the main set too.
-CONV_HELD_OUT = {"map50": 0.8021, "recall50": 0.7358, "precision50": 0.8979}
-CONV_PLAIN = {"map50": 0.9866, "recall50": 0.9607, "precision50": 0.9970}
+# The served detector, yolov1_shapes_conv (a convolutional head at 256², eight views averaged, its default
+# score_threshold 0.15).
+CONV_HELD_OUT = {"map50": 0.8439, "recall50": 0.8039, "precision50": 0.8537}
+CONV_PLAIN = {"map50": 0.9921, "recall50": 0.9856, "precision50": 0.9932}
 UNET_HELD_OUT_MIOU = 0.8090
 YOLO_PLAIN = {"map50": 0.8659, "recall50": 0.8678, "precision50": 0.8771}
 UNET_PLAIN_MIOU = 0.9600
@@ -79,8 +80,8 @@ def _shipped(name: str) -> torch.nn.Module:
 
 
 def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
-    """The README's held-out figures are what the shipped weights measure: issue 19's goals hold on the plain set
-    (the kind of scene the issue reported failing) and fall short on the main one."""
+    """The README's held-out figures are what the shipped weights measure: issue 19's goals hold for the served
+    detector and the U-Net on both sets, and for v1's head on the plain set (the kind the issue reported failing)."""
     import cnnserve.models.unet  # noqa: F401
     import cnnserve.models.yolo  # noqa: F401
     from cnnserve.export.demos.unet_shapes import evaluate_held_out as unet_held_out
@@ -99,7 +100,7 @@ def test_shipped_shapes_demos_on_the_held_out_generator() -> None:
         measured = yolo_held_out(conv, name=name)
         for key, value in expected.items():
             assert measured[key] == pytest.approx(value, abs=1e-3), (name, key, measured)
-        assert measured["map50"] >= 0.7
+        assert measured["recall50"] >= 0.8 and measured["map50"] >= 0.7
     unet = _shipped("unet")
     with torch.no_grad():
         held_out_miou = unet_held_out(unet)["mean_iou"]

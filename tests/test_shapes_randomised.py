@@ -71,11 +71,12 @@ def test_a_scene_is_its_seed_in_one_process_or_several() -> None:
     assert not any(np.array_equal(a.image, b.image) for a, b in zip(one, other, strict=True))
 
 
-@pytest.mark.parametrize(("photos", "patches"), [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)])
-def test_masks_and_boxes_describe_the_drawn_shapes(photos: float, patches: float) -> None:
+@pytest.mark.parametrize(("photos", "patches", "faint"), [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0),
+                                                      (0.0, 0.0, 1.0)])  # fmt: skip
+def test_masks_and_boxes_describe_the_drawn_shapes(photos: float, patches: float, faint: float) -> None:
     for i in range(16):
         rng = np.random.default_rng((11, i))
-        sample = make_randomised_sample(rng, (128, 128), level=1.0, photos=photos, patches=patches)
+        sample = make_randomised_sample(rng, (128, 128), level=1.0, photos=photos, patches=patches, faint=faint)
         assert sample.image.shape == (128, 128, 3) and sample.image.dtype == np.uint8
         assert len(sample.boxes) == len(sample.labels)
         assert set(np.unique(sample.mask).tolist()) <= {0, *sample.labels.tolist()}
@@ -135,6 +136,34 @@ def test_patches_change_only_the_share_asked_for(patch_calls: list) -> None:
     assert not any(np.array_equal(a.image, b.image) for a, b in zip(plain, with_patches, strict=True))
 
 
+def _box_fill(scenes) -> np.ndarray:
+    """Each shape's share of its box's pixels."""
+    return np.array([
+        (s.mask[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] == k).sum() / ((x2 - x1) * (y2 - y1))
+        for s in scenes for (x1, y1, x2, y2), k in zip(s.boxes, s.labels, strict=True)
+    ])  # fmt: skip
+
+
+def test_faint_changes_only_the_share_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``faint=0`` draws nothing more from a scene's generator (the pools of stages 2 to 7, and so the weights they
+    train, stay what they were); ``faint=1`` draws every shape close to its surroundings' colour, half of them
+    outlined (the stage-8 pool's hard shapes), where the others are mostly filled and far from it."""
+    needs: list[float] = []
+    original = shapes_randomised._contrasting
+    monkeypatch.setattr(
+        shapes_randomised, "_contrasting", lambda rng, local, need: needs.append(need) or original(rng, local, need)
+    )
+    plain = make_randomised(12, seed=1, levels=1.0)
+    assert all(_same(a, b) for a, b in zip(plain, make_randomised(12, seed=1, levels=1.0, faint=0.0), strict=True))
+    plain_needs, needs[:] = np.array(needs), []
+    faint = make_randomised(12, seed=1, levels=1.0, faint=1.0)
+    faint_needs = np.array(needs)
+    low, high = shapes_randomised.FAINT["contrast"]
+    assert len(faint_needs) >= 12 and ((faint_needs >= low) & (faint_needs <= high)).all()
+    assert (plain_needs > high).mean() > 0.6
+    assert np.mean(_box_fill(faint) < 0.3) > np.mean(_box_fill(plain) < 0.3) + 0.15  # thin strokes fill little of a box
+
+
 def test_patches_are_polygons_of_five_corners_or_more() -> None:
     """The patches teach that a flat area with straight edges is not a shape by itself, so they must not be one:
     five to seven corners, and in all but a few of them at least five of those turn the outline by 15° or more
@@ -158,15 +187,17 @@ def test_stage_four_pool_has_patches_and_some_photographs(photo_calls: list, pat
     assert "patches=0.6" in STAGES[4].describe(6000, 0, 16) and STAGES[4].window(0, 10, 16, 6000) == (2, 0, 6000)
 
 
-@pytest.mark.parametrize("later", [5, 6])
-def test_stages_five_and_six_are_stage_four_on_other_scenes(later: int) -> None:
+@pytest.mark.parametrize("later", [5, 6, 7, 8])
+def test_stages_five_to_eight_are_stage_four_on_other_scenes(later: int) -> None:
+    """Stages 5 to 7 draw stage 4's kind of scene on other seeds; stage 8 the same with half its shapes faint."""
     four, other = STAGES[4], STAGES[later]
     assert (other.lowest_level, other.photos, other.patches, other.classic_share) == (
         four.lowest_level, four.photos, four.patches, four.classic_share
     )  # fmt: skip
-    pools = [STAGES[k].pool(6, 0, (128, 128), workers=1) for k in (4, 5, 6)]
+    assert other.faint == (0.5 if later == 8 else 0.0) and four.faint == 0.0
+    pools = [STAGES[k].pool(6, 0, (128, 128), workers=1) for k in (4, 5, 6, 7, 8)]
     mine = pools[later - 4]
-    for k, pool in zip((4, 5, 6), pools, strict=True):
+    for k, pool in zip((4, 5, 6, 7, 8), pools, strict=True):
         if k != later:
             assert not any(np.array_equal(x.image, y.image) for x, y in zip(mine, pool, strict=True))
     assert four.describe(6000, 0, 16) != other.describe(6000, 0, 16)

@@ -27,7 +27,7 @@ from cnnserve.export.demos.yolo_shapes import (
 )
 from cnnserve.export.weights import DEMO_WEIGHTS_DIR, load_demo
 from cnnserve.export.yolo import YoloExport
-from cnnserve.models.yolo import YoloConvHead, decode, encode_targets, yolo_loss
+from cnnserve.models.yolo import YoloConvHead, decode, encode_targets, symmetry_average, yolo_loss
 from safetensors.torch import load_file
 
 from cnnserve import models
@@ -100,6 +100,43 @@ def test_the_convolutional_head_reads_every_cell_with_the_same_weights() -> None
     # The FC head would take any feature side; a convolutional one answers one cell per feature.
     with pytest.raises(ValueError, match="must equal the grid"):
         models.build_model(CONV_MODEL, grid=7)
+
+
+def _cells(pred: torch.Tensor, grid: int = 16, size: int = 256) -> tuple[torch.Tensor, ...]:
+    """Decoded boxes, scores and labels per cell and predictor: (S, S, B, 4), (S, S, B), (S, S, B) of image 0."""
+    boxes, scores, labels = decode(pred, S=grid, B=B, C=C, image_size=(size, size))
+    return boxes[0].view(grid, grid, B, 4), scores[0].view(grid, grid, B), labels[0].view(grid, grid, B)
+
+
+def test_averaged_views_answer_for_the_scene_not_for_the_view() -> None:
+    """Over the eight symmetries of the square, ``symmetry_average`` gives a mirrored or transposed image the same
+    boxes, mirrored or transposed, in the mirrored or transposed cells; one view of a net with random weights does
+    not (no net is symmetric by itself)."""
+    torch.manual_seed(0)
+    model = models.build_model(CONV_MODEL).eval()
+    image = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(symmetry_average(model, image, 1), model(image))
+        base = _cells(symmetry_average(model, image, 8))
+        mirrored = _cells(symmetry_average(model, image.flip(-1), 8))
+        transposed = _cells(symmetry_average(model, image.transpose(-1, -2), 8))
+        one_view = _cells(model(image)), _cells(model(image.flip(-1)))
+    boxes, scores, labels = (t.flip(1) for t in mirrored)  # cell (r, c) of the mirror image is cell (r, S − 1 − c)
+    back = torch.stack((256 - boxes[..., 2], boxes[..., 1], 256 - boxes[..., 0], boxes[..., 3]), -1)
+    torch.testing.assert_close(back, base[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(scores, base[1], atol=1e-5, rtol=0)
+    assert torch.equal(labels, base[2])
+    boxes, scores, labels = (t.transpose(0, 1) for t in transposed)
+    torch.testing.assert_close(boxes[..., [1, 0, 3, 2]], base[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(scores, base[1], atol=1e-5, rtol=0)
+    assert torch.equal(labels, base[2])
+    boxes = one_view[1][0].flip(1)
+    boxes = torch.stack((256 - boxes[..., 2], boxes[..., 1], 256 - boxes[..., 0], boxes[..., 3]), -1)
+    assert not torch.allclose(boxes, one_view[0][0], atol=1.0)  # one view: another answer for the mirror image
+    with pytest.raises(ValueError, match="square"):
+        symmetry_average(model, torch.rand(1, 3, 256, 128), 8)
+    with pytest.raises(ValueError, match="views must be one of"):
+        models.build_model(CONV_MODEL, views=3)
 
 
 def test_the_conv_trainer_starts_from_yolov1_shapes_darknet(tmp_path: Path) -> None:

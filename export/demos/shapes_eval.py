@@ -58,6 +58,8 @@ PATCH_PHOTOS = 0.3
 FRESH_PATCH_SEED = TRAIN_SEED + 4000  # stage 5's pool: stage 4's kind of scene, other scenes
 SIXTH_PATCH_SEED = TRAIN_SEED + 5000  # stage 6's pool: the same kind again, other scenes
 SEVENTH_PATCH_SEED = TRAIN_SEED + 6000  # stage 7's: and again
+FAINT_SEED = TRAIN_SEED + 7000  # stage 8's pool: stage 4's kind with many shapes hard to see
+FAINT_SHARE = 0.5  # of stage 8's shapes
 # The held-out generator's scenes the trainers watch while they run (their logs): another seed than the test set's,
 # so a stage's length chosen by watching them is not chosen on the scenes the README reports.
 VALIDATION_SEED = HELD_OUT_SEED + 1
@@ -117,6 +119,11 @@ STAGE3 = (
     "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}) with scene i at level "
     "0.5 + 0.5 (i + 0.5) / {pool} (half of them on crops of photographs)"
 )
+STAGE8 = (
+    "{classic} classic scenes per batch and the rest drawn at random from "
+    "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}, patches={patches}, faint={faint}) with "
+    "scene i at level 0.5 + 0.5 (i + 0.5) / {pool} ({faint:.0%} of the shapes hard to see: faint, thin outlines)"
+)
 STAGE4 = (
     "{classic} classic scenes per batch and the rest drawn at random from "
     "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}, patches={patches}) with scene i at "
@@ -137,12 +144,13 @@ class FineTuneStage:
     photos: float  # the share of the pool drawn on photographs
     patches: float  # the share of the pool with flat polygons that are not shapes on its background
     classic_share: float | None  # of each batch; None: the curriculum's moving window (curriculum_window)
-    text: str  # for the records: a format string of pool, seed, classic, photos, patches
+    text: str  # for the records: a format string of pool, seed, classic, photos, patches, faint
+    faint: float = 0.0  # the share of shapes drawn hard to see (shapes_randomised.FAINT)
 
     def pool(self, n: int, seed: int, size: tuple[int, int], workers: int) -> list[ShapesSample]:
         levels = self.lowest_level + (1 - self.lowest_level) * curriculum_levels(n)
         return make_randomised(n, seed=self.seed + seed, size=size, levels=levels, workers=workers,
-                               photos=self.photos, patches=self.patches)  # fmt: skip
+                               photos=self.photos, patches=self.patches, faint=self.faint)  # fmt: skip
 
     def window(self, step: int, steps: int, batch_size: int, n: int) -> tuple[int, int, int]:
         """How many of batch ``step``'s scenes are classic ones, and the window ``[low, high)`` of the pool the
@@ -154,7 +162,9 @@ class FineTuneStage:
     def describe(self, n: int, seed: int, batch_size: int) -> str:
         classic = None if self.classic_share is None else round(batch_size * self.classic_share)
         seed = self.seed + seed
-        return self.text.format(pool=n, seed=seed, classic=classic, photos=self.photos, patches=self.patches)
+        return self.text.format(
+            pool=n, seed=seed, classic=classic, photos=self.photos, patches=self.patches, faint=self.faint
+        )
 
 
 STAGES = {
@@ -177,6 +187,8 @@ STAGES[5] = replace(STAGES[4], seed=FRESH_PATCH_SEED)
 # scenes the stages before did not see.
 STAGES[6] = replace(STAGES[4], seed=SIXTH_PATCH_SEED)
 STAGES[7] = replace(STAGES[4], seed=SEVENTH_PATCH_SEED)
+# Stage 4's kind with many shapes hard to see (faint, thin outlines): what the convolutional YOLO still missed.
+STAGES[8] = replace(STAGES[4], seed=FAINT_SEED, faint=FAINT_SHARE, text=STAGE8)
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,18 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .shapes import ShapesSample, resize_sample
 
-__all__ = ["MIN_VISIBLE", "PHOTOS", "make_randomised_sample", "make_randomised"]
+__all__ = ["FAINT", "MIN_VISIBLE", "PHOTOS", "make_randomised_sample", "make_randomised"]
 
 MIN_VISIBLE = 0.6  # of a shape's own pixels, after overlaps and the border: else it is not placed
 LUMA = np.array([0.299, 0.587, 0.114])
 # Photographs that ship with scikit-learn and scikit-image (no download), none of them in the held-out generator's
 # TEXTURES; none shows a large circle, square or triangle that a crop would teach to be background.
 PHOTOS = ("sklearn:china.jpg", "sklearn:flower.jpg", "skimage:astronaut", "skimage:camera", "skimage:rocket")
+# A shape drawn hard to see (``faint``, the eighth stage): close to its surroundings' colour (RGB distance 25–60, where
+# the others are 25–140 at level 1 and mostly over 60), half of them outlined, with strokes down to 3 % of the radius
+# (else 6 %) but 1.5 output pixels at least (so that the resize to the output keeps them). The misses the shapes YOLO
+# had left were of this kind: faint shapes, thin outlines.
+FAINT = {"contrast": (25.0, 60.0), "outlined": 0.5, "stroke": (0.03, 0.15), "least": 1.5}
 
 
 # --- backgrounds ---------------------------------------------------------------------------------------------------
@@ -324,11 +329,13 @@ def make_randomised_sample(
     max_shapes: int = 6,
     photos: float = 0.0,
     patches: float = 0.0,
+    faint: float = 0.0,
 ) -> ShapesSample:
     """One scene of 1..``max_shapes`` shapes at difficulty ``level`` (0–1), drawn on its own canvas and resized
     to ``size`` (H, W); with probability ``photos`` on a crop of a photograph, with probability ``patches`` with
-    flat polygons that are not shapes (:func:`_patches`) on its background. Neither draws from the scene's
-    generator when it is 0, so a pool drawn without them is the same as before they existed."""
+    flat polygons that are not shapes (:func:`_patches`) on its background; each shape with probability ``faint``
+    hard to see (:data:`FAINT`). None of the three draws from the scene's generator when it is 0, so a pool drawn
+    without them is the same as before they existed."""
     out_h, out_w = size
     scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.0 + 1.5 * level))))
     aspect = float(np.exp(rng.uniform(-0.58, 0.58) * level)) if rng.random() < 0.6 else 1.0
@@ -353,13 +360,18 @@ def make_randomised_sample(
     max_r = 0.28 * short
     kinds, placed = [], []
     for _ in range(int(rng.integers(1, max_shapes + 1))):
+        hard = faint > 0 and rng.random() < faint
         for _attempt in range(20):
             kind = int(rng.integers(1, 4))
             r = float(np.exp(rng.uniform(np.log(min_r), np.log(max_r))))
             cx, cy = rng.uniform(-0.25 * r, w + 0.25 * r), rng.uniform(-0.25 * r, h + 0.25 * r)
             outline = _outline(kind, rng, cx, cy, r)
-            filled = rng.random() > 0.05 + 0.2 * level
-            stroke = max(supersample, round(rng.uniform(0.06, 0.25) * r * supersample)) if not filled else 0
+            filled = rng.random() > (FAINT["outlined"] if hard else 0.05 + 0.2 * level)
+            if hard:  # thin, but at least FAINT["least"] output pixels wide: it must still be there after the resize
+                least = FAINT["least"] * short / min(out_h, out_w) * supersample
+                stroke = max(round(least), round(rng.uniform(*FAINT["stroke"]) * r * supersample)) if not filled else 0
+            else:
+                stroke = max(supersample, round(rng.uniform(0.06, 0.25) * r * supersample)) if not filled else 0
             style = {"fill": 255} if filled else {"outline": 255, "width": stroke}
             coverage = _coverage(kind, outline, h, w, supersample, **style)
             pixels = coverage >= 0.5
@@ -379,7 +391,7 @@ def make_randomised_sample(
         # Contrast against what the shape covers (its own surroundings), not one pixel of a textured background.
         weight = coverage[..., None]
         local = (canvas * weight).sum((0, 1)) / max(float(weight.sum()), 1e-6)
-        need = rng.uniform(90 - 65 * level, 140)
+        need = rng.uniform(*FAINT["contrast"]) if hard else rng.uniform(90 - 65 * level, 140)
         colour = _contrasting(rng, local, need)
         fill = np.broadcast_to(colour, (h, w, 3)).astype(np.float32)
         look = rng.random()
@@ -413,10 +425,10 @@ def make_randomised_sample(
     return resize_sample(sample, size)
 
 
-def _scene(job: tuple[int, int, tuple[int, int], float, float, float]) -> ShapesSample:
-    seed, index, size, level, photos, patches = job
+def _scene(job: tuple[int, int, tuple[int, int], float, float, float, float]) -> ShapesSample:
+    seed, index, size, level, photos, patches, faint = job
     return make_randomised_sample(
-        np.random.default_rng((seed, index)), size, level=level, photos=photos, patches=patches
+        np.random.default_rng((seed, index)), size, level=level, photos=photos, patches=patches, faint=faint
     )
 
 
@@ -429,14 +441,16 @@ def make_randomised(
     workers: int = 1,
     photos: float = 0.0,
     patches: float = 0.0,
+    faint: float = 0.0,
 ) -> list[ShapesSample]:
     """``n`` scenes at ``size``; scene ``i`` is drawn at ``levels[i]`` (or one level for all) from its own
     generator seeded ``(seed, i)``, so ``workers`` processes draw the same scenes as one. ``photos``: the share
-    of scenes drawn on a photograph; ``patches``: the share with flat polygons on their background."""
+    of scenes drawn on a photograph; ``patches``: the share with flat polygons on their background; ``faint``: the
+    share of shapes drawn hard to see (:data:`FAINT`)."""
     per_scene = [float(levels)] * n if np.isscalar(levels) else [float(v) for v in levels]
     if len(per_scene) != n:
         raise ValueError(f"{len(per_scene)} levels for {n} scenes")
-    jobs = [(seed, i, tuple(size), per_scene[i], photos, patches) for i in range(n)]
+    jobs = [(seed, i, tuple(size), per_scene[i], photos, patches, faint) for i in range(n)]
     if workers <= 1 or n < 4 * workers:
         return [_scene(job) for job in jobs]
     import multiprocessing
