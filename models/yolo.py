@@ -29,7 +29,8 @@ input size that is a multiple of 64, with YOLO's head. ``yolov1_shapes`` is the 
 YOLO's spirit at 128×128 with an 8×8 grid and three classes, trained on the synthetic shapes
 (``cnnserve train yolo-shapes``). ``yolov1_shapes_conv`` is that darknet under a convolutional head
 (:class:`YoloConvHead`, YOLO v2's idea; the output, loss and decode stay v1's) at 256×256 with a 16×16 grid, trained
-from ``yolov1_shapes``' darknet (``cnnserve train yolo-shapes-conv``): the detector ``/detect`` serves by default.
+from ``yolov1_shapes``' darknet (``cnnserve train yolo-shapes-conv``): the detector ``/detect`` serves by default. Its
+``views`` is 8: the export averages its answers for the eight symmetries of the image (:func:`symmetry_average`).
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ CONFIGS: dict[str, YoloConfig] = {
     "yolov1_shapes": YoloConfig(SHAPES_DARKNET, hidden=1024, grid=8, image_size=128, dropout=0.0),
     # The same darknet (stride 16) on a 256×256 input, so a 16×16 grid: at 128² a shape a tenth of an upload across
     # is 8–13 pixels, and those were most of what the demo missed (README, "The shapes demos on scenes drawn another
-    # way"). The FC head could not follow the input size; a convolutional head does by itself.
+    # way"). The FC head could not follow the input size; a convolutional head does by itself. Eight views: trained
+    # on all eight symmetries of its scenes, the mean of its eight answers is an ensemble for free (held-out validation
+    # mAP 0.811 → 0.851, README).
     "yolov1_shapes_conv": YoloConfig(SHAPES_DARKNET_CONV, hidden=256, grid=16, image_size=256, head="conv", views=8),
 }
 
