@@ -371,6 +371,20 @@ def test_shipped_demo_reaches_map50_of_0_7_on_fresh_held_out_scenes(name: str) -
     assert record["eval_images"] >= 200 and record["dataset"] == "synthetic-shapes"
 
 
+def test_the_conv_demo_averages_eight_views_at_its_own_default_threshold() -> None:
+    """The served detector's figures are at its export's default score_threshold, with the views its export
+    averages: the record, the model and the export say the same."""
+    from cnnserve.export.demos.yolo_shapes import operating_threshold
+    from cnnserve.export.wrappers import export_for
+
+    conv, record = _demo(CONV_MODEL)
+    default = export_for(models.get_spec(CONV_MODEL)).extra_inputs["score_threshold"]
+    assert conv.views == record["views"] == 8 and YoloExport(conv, models.get_spec(CONV_MODEL)).views == 8
+    assert record["operating_score_threshold"] == operating_threshold(conv) == default == 0.15
+    v1, v1_record = _demo(MODEL)
+    assert v1.views == 1 and operating_threshold(v1) == v1_record["operating_score_threshold"] == 0.25
+
+
 @pytest.mark.slow
 def test_training_reproduces_the_demo(tmp_path: Path) -> None:
     record = train_yolo_shapes(tmp_path, eval_images=EVAL_IMAGES, log=lambda _: None)

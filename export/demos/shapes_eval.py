@@ -119,15 +119,15 @@ STAGE3 = (
     "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}) with scene i at level "
     "0.5 + 0.5 (i + 0.5) / {pool} (half of them on crops of photographs)"
 )
-STAGE8 = (
-    "{classic} classic scenes per batch and the rest drawn at random from "
-    "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}, patches={patches}, faint={faint}) with "
-    "scene i at level 0.5 + 0.5 (i + 0.5) / {pool} ({faint:.0%} of the shapes hard to see: faint, thin outlines)"
-)
 STAGE4 = (
     "{classic} classic scenes per batch and the rest drawn at random from "
     "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}, patches={patches}) with scene i at "
     "level 0.5 + 0.5 (i + 0.5) / {pool} (flat polygons that are not shapes behind the shapes of {patches:.0%} of them)"
+)
+STAGE8 = (
+    "{classic} classic scenes per batch and the rest drawn at random from "
+    "shapes_randomised.make_randomised({pool}, seed={seed}, photos={photos}, patches={patches}, faint={faint}) with "
+    "scene i at level 0.5 + 0.5 (i + 0.5) / {pool} ({faint:.0%} of the shapes hard to see: faint, thin outlines)"
 )
 
 
@@ -137,7 +137,8 @@ class FineTuneStage:
     scenes in each batch. Stage 2 is the curriculum (easy to hard, a moving window); stage 3 the harder half of the
     range, half on photographs (the drawn backgrounds have no real scene's edges and textures), drawn whole; stage 4
     the same range with flat polygons that are not shapes behind the shapes of most scenes (without them a flat area
-    with straight edges is a square or a triangle to a model), drawn whole; stage 5 stage 4's kind on other scenes."""
+    with straight edges is a square or a triangle to a model), drawn whole; stage 5 stage 4's kind on other scenes;
+    stage 8 that kind with half of the shapes hard to see (faint, thin outlines)."""
 
     seed: int  # the pool's seed, before the run's own seed is added
     lowest_level: float  # scene i of n at level lowest + (1 − lowest)(i + ½)/n

@@ -16,8 +16,9 @@ whole range, easy cases included), so training can start where the shipped weigh
 * **shapes**: circles; squares at any rotation; equilateral, isosceles, right and scalene triangles at any rotation
   (no angle under 20°); 8 output pixels across up to 56 % of the shorter side; filled, outlined (the mask is the
   stroke), filled with a border, shaded with a gradient or filled with noise; uniform RGB colours, contrast against
-  their own surroundings down to 25 (RGB distance); touching, overlapping or cut by the border, always with at least
-  60 % of each in sight;
+  their own surroundings down to 25 (RGB distance); where a caller asks for them (``faint``, the eighth stage), a
+  share drawn hard to see on purpose (:data:`FAINT`: 25–60 from their surroundings, half outlined with thin
+  strokes); touching, overlapping or cut by the border, always with at least 60 % of each in sight;
 * **rendering**: hard or anti-aliased edges, brightness / contrast / gamma, grey scenes, Gaussian blur, Gaussian
   noise and JPEG down to quality 20.
 
