@@ -227,7 +227,8 @@ def convert_fp16(source: Path, target: Path, *, input_dtype: str = "float32") ->
 
 
 _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
-_MOVERS = frozenset({"Pad", "Identity", "Reshape", "Transpose"})  # data in input 0, values moved, not computed
+_MOVERS = frozenset({"Pad", "Identity", "Reshape", "Transpose", "Slice"})  # data in input 0, values moved, not computed
+# Concat moves values too, from every input: the eight-view YOLO stacks the mirrored and transposed images in one batch.
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 
 
@@ -262,8 +263,9 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
     per-channel constant — the uint8 input's ``Cast → Div(255)`` and :class:`export.wrappers.Normalize`'s
     ``(x − mean) / std`` — is one affine map ``x · scale + shift``: the backbone reads that instead (a ``Mul`` or
     ``Add`` that would do nothing is left out), through a copy of whatever only moves values between the two
-    (R-CNN's ``Pad`` to its stride). The old chain stays for any other consumer (the autoencoder's error reads the
-    [0, 1] pixels in fp32) and is pruned otherwise; ``Shape`` of any value on it reads ``images`` (elementwise ops
+    (R-CNN's ``Pad`` to its stride; the eight-view YOLO's mirrors and transposes and the ``Concat`` of its views).
+    The old chain stays for any other consumer (the autoencoder's error reads the [0, 1] pixels in fp32) and is
+    pruned otherwise; ``Shape`` of any value on it reads ``images`` (elementwise ops
     keep the shape), so nothing full-size is computed just for a shape. Folding into the first convolution instead
     is not exact: its zero padding would pad raw pixels, not normalised ones.
     """
@@ -278,13 +280,31 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
     producers = {out: node for node in graph.node for out in node.output}
     backbone = backbone_nodes(graph)
 
+    def moved_from(name: str) -> tuple[str, list[onnx.NodeProto]] | None:
+        """The one value ``name`` is moved from by ops that only move values (R-CNN pads the normalised image to its
+        stride; the eight-view YOLO mirrors, transposes and concatenates it), and those ops, in graph order."""
+        movers: dict[str, onnx.NodeProto] = {}
+        sources: set[str] = set()
+        stack = [name]
+        while stack:
+            value = stack.pop()
+            node = producers.get(value)
+            if node is not None and (node.op_type in _MOVERS or node.op_type == "Concat"):
+                if node.name not in movers:
+                    movers[node.name] = node
+                    stack.extend(node.input if node.op_type == "Concat" else node.input[:1])
+            else:
+                sources.add(value)
+        if len(sources) != 1:
+            return None
+        return sources.pop(), [node for node in graph.node if node.name in movers]
+
     def trace(name: str) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]] | None:
         """The chain of nodes from ``images`` to ``name`` (in order) when it is a per-channel affine map followed by
-        ops that only move values (R-CNN pads the normalised image to its stride): (affine chain, movers)."""
-        movers: list[onnx.NodeProto] = []
-        while (node := producers.get(name)) is not None and node.op_type in _MOVERS:
-            movers.append(node)
-            name = node.input[0]
+        ops that only move values (:func:`moved_from`): (affine chain, movers)."""
+        if (moved := moved_from(name)) is None:
+            return None
+        name, movers = moved
         chain: list[onnx.NodeProto] = []
         while name != INPUT_NAME:
             node = producers.get(name)
@@ -305,7 +325,7 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
             else:
                 return None
             chain.append(node)
-        return (chain[::-1], movers[::-1]) if chain else None
+        return (chain[::-1], movers) if chain else None
 
     entries: dict[str, tuple[list[onnx.NodeProto], list[onnx.NodeProto]]] = {}  # backbone input → trace()
     for node in graph.node:
@@ -349,13 +369,18 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
                 )
                 steps.append(helper.make_node(op, [value, constant], [f"{constant}_out"], name=constant))
                 value = steps[-1].output[0]
-        for mover in movers:  # a copy, in fp16 with the entry (the original may have other consumers)
+        source = value  # the movers' copies read the entry where the originals read the affine chain's end
+        renamed = {chain[-1].output[0]: source}
+        for m, mover in enumerate(movers):  # a copy, in fp16 with the entry (the original may have other consumers)
             copy = onnx.NodeProto()
             copy.CopyFrom(mover)
-            copy.name = f"entry_{mover.op_type.lower()}{suffix}"
-            copy.input[0], copy.output[:] = value, [f"{copy.name}_out"]
+            copy.name = f"entry_{mover.op_type.lower()}{suffix}" + (f"_{m}" if len(movers) > 1 else "")
+            data = len(copy.input) if mover.op_type == "Concat" else 1
+            copy.input[:data] = [renamed.get(n, n) for n in copy.input[:data]]
+            copy.output[:] = [f"{copy.name}_out"]
+            renamed[mover.output[0]] = copy.output[0]
             steps.append(copy)
-            value = copy.output[0]
+        value = renamed.get(name, source)
         for node in graph.node:
             if node.name in backbone:
                 node.input[:] = [value if n == name else n for n in node.input]

@@ -95,9 +95,15 @@ def _types(values) -> list[tuple[str, int]]:
     return [(v.name, v.type.tensor_type.elem_type) for v in values]
 
 
+# Ops that only move values on the way to the network: R-CNN pads the image to its stride; the eight-view YOLO mirrors
+# and transposes it and concatenates the views into one batch.
+MOVERS = {"Pad", "Slice", "Transpose", "Concat"}
+
+
 def _entry(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], onnx.NodeProto]:
     """The nodes between the graph input and the first compute op, in graph order: what computes its data input,
-    less the constants of a Mul/Add and the pad widths of a Pad (computed from the input's shape)."""
+    less the constants of a Mul/Add and the pad widths and slice bounds of a Pad or Slice (constants, or computed
+    from the input's shape)."""
     producers = {out: node for node in model.graph.node for out in node.output}
     first = next(node for node in model.graph.node if node.op_type in COMPUTE_OPS)
     constants = {t.name for t in model.graph.initializer}
@@ -108,7 +114,7 @@ def _entry(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], onnx.NodeProto
         if node is None or node.name in found:
             continue
         found[node.name] = node
-        if node.op_type in ("Cast", "Pad"):
+        if node.op_type in ("Cast", "Pad", "Slice", "Transpose"):
             stack.append(node.input[0])
         elif node.op_type in ("Mul", "Add"):
             stack.extend(name for name in node.input if name not in constants)
@@ -142,7 +148,7 @@ def test_fp16_entry_is_one_cast_and_one_scale_and_shift(name: str, input_dtype: 
     entry, first = _entry(model)
     ops = Counter(node.op_type for node in entry)
     assert ops["Cast"] == 1 and ops["Mul"] <= 1 and ops["Add"] <= 1 and ops["Pad"] <= 1, ops
-    assert set(ops) <= {"Cast", "Mul", "Add", "Pad"}, [node.op_type for node in entry]  # R-CNN pads to its stride
+    assert set(ops) <= {"Cast", "Mul", "Add"} | MOVERS, [node.op_type for node in entry]
     (cast,) = [node for node in entry if node.op_type == "Cast"]
     assert cast.input[0] == "images" and _cast_to(cast) == TensorProto.FLOAT16 and entry[0] is cast
     # The scale-and-shift is the pixels' /255 (uint8) and the spec's normalisation, in fp16.
@@ -151,7 +157,7 @@ def test_fp16_entry_is_one_cast_and_one_scale_and_shift(name: str, input_dtype: 
     scale = np.ones(spec.in_channels)
     shift = np.zeros(spec.in_channels)
     for node in entry[1:]:
-        if node.op_type == "Pad":
+        if node.op_type in MOVERS:
             continue
         (value,) = [constants[n] for n in node.input if n in constants]
         assert value.dtype == np.float16
