@@ -99,9 +99,10 @@ def _merge_defaults(path: Path, records: list[dict[str, Any]]) -> None:
     fresh = {key(e) for e in new}
     entries = [e for e in data.get("entries", []) if key(e) not in fresh] + new
     entries.sort(key=lambda e: (e["provider"], e["family"] or "", e["model"], e["precision"]))
-    header = {
-        "about": "Batch-cost curves measured by `cnnserve tune --defaults` (service/batch_tuning.py): the batch "
-        "limit of a model with no curve of its own on the serving machine comes from its family's entry here.",
+    header = {  # an existing file's "about" says which machines measured it: kept
+        "about": data.get("about")
+        or "Batch-cost curves measured by `cnnserve tune --defaults` (service/runtime/policy.py): the batch limit of "
+        "a model with no curve of its own on the serving machine comes from its own entry here, else its family's.",
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     path.write_text(dump_entries(header, "entries", entries))

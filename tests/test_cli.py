@@ -276,11 +276,19 @@ def test_bench_suite_serves_and_drives_the_peer(tmp_path: Path) -> None:
 
 
 def test_tune_measures_a_store_model_and_the_service_reads_it(model_store: dict[str, str], tmp_path: Path) -> None:
-    profiles = tmp_path / "batching.json"
-    out = run("tune", model_store["cae"], "--profiles", str(profiles), "--budget-ms", "20").stdout
+    profiles, defaults = tmp_path / "batching.json", tmp_path / "defaults.json"
+    other = {"family": "yolo", "model": "yolov1_shapes", "precision": "fp32", "provider": "CPUExecutionProvider"}
+    other |= {"device": "AMD EPYC", "threads": 2, "budget_ms": 100.0, "measured_at": "then", "curve": [[1, 1.0]]}
+    defaults.write_text(json.dumps({"about": "measured on our CI machine", "entries": [other]}))
+    out = run(
+        "tune", model_store["cae"], "--profiles", str(profiles), "--budget-ms", "20", "--defaults", str(defaults)
+    ).stdout
     assert "== cae (fp32, CPUExecutionProvider)" in out and "batch limit" in out
     (entry,) = json.loads(profiles.read_text())["profiles"]
     assert entry["family"] == "cae" and entry["provider"] == "CPUExecutionProvider" and entry["curve"][0][0] == 1
+    merged = json.loads(defaults.read_text())  # the curve joins the others; the file still says where it was measured
+    assert merged["about"] == "measured on our CI machine" and other in merged["entries"]
+    assert [e["curve"] for e in merged["entries"] if e["model"] == "cae"] == [entry["curve"]]
 
     from cnnserve.service.runtime.model import load_model
     from cnnserve.service.runtime.tuning import policy_for_model
