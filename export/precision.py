@@ -227,8 +227,16 @@ def convert_fp16(source: Path, target: Path, *, input_dtype: str = "float32") ->
 
 
 _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
-_MOVERS = frozenset({"Pad", "Identity", "Reshape", "Transpose", "Slice"})  # data in input 0, values moved, not computed
-# Concat moves values too, from every input: the eight-view YOLO stacks the mirrored and transposed images in one batch.
+# Ops that move values, not compute them: their data is input 0 (the others are shapes, pads, bounds), or for a Concat
+# every input (the eight-view YOLO stacks the mirrored and transposed images in one batch).
+_MOVERS = frozenset({"Pad", "Identity", "Reshape", "Transpose", "Slice", "Concat"})
+
+
+def _moved_inputs(node: onnx.NodeProto) -> int:
+    """How many of a mover's first inputs are the values it moves."""
+    return len(node.input) if node.op_type == "Concat" else 1
+
+
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 
 
@@ -289,10 +297,10 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
         while stack:
             value = stack.pop()
             node = producers.get(value)
-            if node is not None and (node.op_type in _MOVERS or node.op_type == "Concat"):
+            if node is not None and node.op_type in _MOVERS:
                 if node.name not in movers:
                     movers[node.name] = node
-                    stack.extend(node.input if node.op_type == "Concat" else node.input[:1])
+                    stack.extend(node.input[: _moved_inputs(node)])
             else:
                 sources.add(value)
         if len(sources) != 1:
@@ -375,7 +383,7 @@ def _fold_input_normalisation(model: onnx.ModelProto) -> set[str]:
             copy = onnx.NodeProto()
             copy.CopyFrom(mover)
             copy.name = f"entry_{mover.op_type.lower()}{suffix}" + (f"_{m}" if len(movers) > 1 else "")
-            data = len(copy.input) if mover.op_type == "Concat" else 1
+            data = _moved_inputs(mover)
             copy.input[:data] = [renamed.get(n, n) for n in copy.input[:data]]
             copy.output[:] = [f"{copy.name}_out"]
             renamed[mover.output[0]] = copy.output[0]

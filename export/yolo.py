@@ -162,5 +162,5 @@ register_task("yolo", YOLO_EXPORT)
 SHAPES_CONV_SCORE_THRESHOLD = 0.15
 register_task(
     "yolov1_shapes_conv",
-    replace(YOLO_EXPORT, extra_inputs={"score_threshold": SHAPES_CONV_SCORE_THRESHOLD, "iou_threshold": 0.45}),
+    replace(YOLO_EXPORT, extra_inputs={**YOLO_EXPORT.extra_inputs, "score_threshold": SHAPES_CONV_SCORE_THRESHOLD}),
 )

@@ -59,6 +59,7 @@ __all__ = [
     "encode_targets",
     "decode",
     "symmetry_average",
+    "symmetric_view",
     "VIEW_COUNTS",
     "yolo_loss",
     "yolov1",
@@ -279,7 +280,9 @@ SYMMETRIES = tuple((t, x, y) for t in (False, True) for y in (False, True) for x
 VIEW_COUNTS = (1, 2, 4, 8)
 
 
-def _view(images: torch.Tensor, transpose: bool, mirror_x: bool, mirror_y: bool) -> torch.Tensor:
+def symmetric_view(images: torch.Tensor, transpose: bool, mirror_x: bool, mirror_y: bool) -> torch.Tensor:
+    """Images (…, H, W) seen through one symmetry of the square, in :data:`SYMMETRIES`' order (the shapes trainers'
+    augmentation draws the same three choices)."""
     if transpose:
         images = images.transpose(-1, -2)
     if mirror_x:
@@ -326,7 +329,7 @@ def symmetry_average(model: YOLOv1, images: torch.Tensor, views: int) -> torch.T
     if views > 2 and images.shape[-1] != images.shape[-2]:
         raise ValueError(f"{views} views need square images, not {tuple(images.shape[-2:])}")
     chosen = SYMMETRIES[:views]
-    pred = model(torch.cat([_view(images, *v) for v in chosen]))  # (views·N, S, S, B·5 + C)
+    pred = model(torch.cat([symmetric_view(images, *v) for v in chosen]))  # (views·N, S, S, B·5 + C)
     pred = pred.reshape(views, -1, *pred.shape[1:])
     return torch.stack([_unview(pred[i], model.boxes, *v) for i, v in enumerate(chosen)]).mean(0)
 
@@ -522,6 +525,6 @@ def yolov1_shapes(*, num_classes: int = 3, **kwargs: Any) -> YOLOv1:
 )
 def yolov1_shapes_conv(*, num_classes: int = 3, **kwargs: Any) -> YOLOv1:
     """The shapes detector with :class:`YoloConvHead` (v1's output, loss and decode); the served ``/detect``
-    default. Trained from ``yolov1_shapes``' darknet (``cnnserve train yolo-shapes-conv``), its last two stages with
-    ``yolo_loss(confidence_target="one")``."""
+    default. Trained from ``yolov1_shapes``' darknet (``cnnserve train yolo-shapes-conv``), its last three stages
+    with ``yolo_loss(confidence_target="one")``."""
     return _yolov1("yolov1_shapes_conv", num_classes=num_classes, **kwargs)

@@ -368,11 +368,10 @@ def make_randomised_sample(
             cx, cy = rng.uniform(-0.25 * r, w + 0.25 * r), rng.uniform(-0.25 * r, h + 0.25 * r)
             outline = _outline(kind, rng, cx, cy, r)
             filled = rng.random() > (FAINT["outlined"] if hard else 0.05 + 0.2 * level)
-            if hard:  # thin, but at least FAINT["least"] output pixels wide: it must still be there after the resize
-                least = FAINT["least"] * short / min(out_h, out_w) * supersample
-                stroke = max(round(least), round(rng.uniform(*FAINT["stroke"]) * r * supersample)) if not filled else 0
-            else:
-                stroke = max(supersample, round(rng.uniform(0.06, 0.25) * r * supersample)) if not filled else 0
+            # a hard one's stroke is thin, but at least FAINT["least"] output pixels wide: still there after the resize
+            least = round(FAINT["least"] * short / min(out_h, out_w) * supersample) if hard else supersample
+            widths = FAINT["stroke"] if hard else (0.06, 0.25)
+            stroke = max(least, round(rng.uniform(*widths) * r * supersample)) if not filled else 0
             style = {"fill": 255} if filled else {"outline": 255, "width": stroke}
             coverage = _coverage(kind, outline, h, w, supersample, **style)
             pixels = coverage >= 0.5

@@ -72,13 +72,13 @@ CONV_STAGES = {
     5: StageLength(steps=4000, pool=6000, lr=1e-3),
     6: StageLength(steps=2000, pool=4000, lr=5e-4),
     7: StageLength(steps=2000, pool=4000, lr=5e-4),
+    8: StageLength(steps=2000, pool=4000, lr=5e-4),
 }
 # Stages 6 and 7 (stage 5's kind of scene, other pools) pull a found object's confidence to 1 instead of to its box's
 # IoU (models.yolo.yolo_loss): after stage 5, 12 % of the validation shapes had a right box scored 0.05–0.25, under
 # the served threshold. Validation mAP 0.790 → 0.796 → 0.811; recall / precision at 0.25: 0.674 / 0.932 → 0.728 /
 # 0.898 → 0.736 / 0.914 (README). Stage 8 (stage 4's kind with half the shapes faint or thinly outlined: what was
 # still missed) does the same: 0.811; 0.756 / 0.892, one view (the export averages eight: mAP 0.851).
-CONV_STAGES[8] = StageLength(steps=2000, pool=4000, lr=5e-4)
 CONV_CONFIDENCE = {6: "one", 7: "one", 8: "one"}
 EVAL_SCORE_THRESHOLD = 0.01  # low: mAP integrates over every operating point
 EVAL_IOU_THRESHOLD = 0.45  # NMS, the export default
@@ -291,19 +291,17 @@ def _augment(images, boxes: list, generator):
     squares and triangles stay what they are, and each object visits more grid cells of the position-specific
     fully connected head."""
     import torch
+    from cnnserve.models.yolo import symmetric_view
 
     size = images.shape[-1]
-    flip_x, flip_y, transpose = torch.rand(3, generator=generator) < 0.5
+    flip_x, flip_y, transpose = (bool(v) for v in torch.rand(3, generator=generator) < 0.5)
     if transpose:
-        images = images.transpose(-1, -2)
         boxes = [b[:, [1, 0, 3, 2]] for b in boxes]
     if flip_x:
-        images = images.flip(-1)
         boxes = [torch.stack((size - b[:, 2], b[:, 1], size - b[:, 0], b[:, 3]), 1) for b in boxes]
     if flip_y:
-        images = images.flip(-2)
         boxes = [torch.stack((b[:, 0], size - b[:, 3], b[:, 2], size - b[:, 1]), 1) for b in boxes]
-    return images, boxes
+    return symmetric_view(images, transpose, flip_x, flip_y), boxes
 
 
 def _tensors(samples: Sequence[ShapesSample], size: tuple[int, int]):
